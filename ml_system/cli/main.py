@@ -1,0 +1,251 @@
+"""``mlsys``: a thin command line over the library.
+
+Every command prints what it did; a platform error exits 1 with one line of
+reason (no traceback), a usage error exits 2 (typer's convention).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ml_system.config import PlatformConfig, load_config
+from ml_system.errors import MLSystemError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(help="ml_system: features, training and serving on one Ray cluster.", no_args_is_help=True)
+features_app = typer.Typer(help="Feature definitions, registry and materialization.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered model versions (MLflow).", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $MLSYS_CONFIG or ./mlsys.yaml)")
+HomeOpt = typer.Option(None, "--home", help="Platform state folder (default: $MLSYS_HOME or ~/.mlsys)")
+
+
+def _config(config: str | None, home: str | None) -> PlatformConfig:
+    cfg = load_config(config)
+    if home:
+        cfg = cfg.model_copy(
+            update={
+                "home": home,
+                "offline_store": cfg.offline_store.model_copy(update={"uri": ""}),
+                "online_store": cfg.online_store.model_copy(update={"path": ""}),
+                "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
+            }
+        )
+        cfg = cfg.resolved()
+    return cfg
+
+
+def fails_cleanly(fn: F) -> F:
+    """Turn platform errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MLSystemError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_time(value: str, name: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        err.print(f"[red]error:[/red] --{name} '{value}' is not an ISO-8601 timestamp")
+        raise typer.Exit(2) from None
+    if ts.tzinfo is None:
+        err.print(f"[red]error:[/red] --{name} '{value}' has no UTC offset (write e.g. 2013-12-31T17:00:00-05:00)")
+        raise typer.Exit(2)
+    return ts
+
+
+@app.command()
+@fails_cleanly
+def quickstart(
+    config: str | None = ConfigOpt,
+    home: str | None = HomeOpt,
+    trials: int = typer.Option(8, min=1, help="Ray Tune trials"),
+    rounds: int = typer.Option(200, min=10, help="Max boosting rounds per trial"),
+    requests: int = typer.Option(300, min=1, help="HTTP requests sent to the deployed app"),
+    port: int = typer.Option(8000, help="Serve HTTP port"),
+    keep_serving: bool = typer.Option(False, help="Keep the app (and a local cluster) up until Ctrl-C"),
+) -> None:
+    """Run the whole loop on NYC flights 2013: features, training, registry, online store, serving."""
+    from ml_system.pipelines.quickstart import run_quickstart
+
+    cfg = _config(config, home)
+    cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"port": port})})
+    console.print(f"platform home: {cfg.home}")
+    result = run_quickstart(cfg, trials=trials, rounds=rounds, requests=requests, console=console)
+    if result.errors:
+        err.print(f"[red]error:[/red] {result.errors} of {result.requests} requests failed")
+        raise typer.Exit(1)
+    if keep_serving:
+        import time
+
+        console.print(f"serving at {result.endpoint}; Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+@fails_cleanly
+def train(
+    config: str | None = ConfigOpt,
+    home: str | None = HomeOpt,
+    trials: int = typer.Option(8, min=1),
+    rounds: int = typer.Option(200, min=10),
+) -> None:
+    """Build the point-in-time training set, tune XGBoost, register the best as champion."""
+    from ml_system.cluster import connect
+    from ml_system.usecases.flights import pipeline
+
+    cfg = _config(config, home)
+    connect(cfg.ray)
+    report = pipeline.train(cfg, num_samples=trials, num_boost_round=rounds)
+    console.print(
+        f"registered {report.model_name} version {report.model_version} as champion: "
+        f"valid AUC {report.valid_auc:.4f}, test AUC {report.test_auc:.4f} (run {report.run_id})"
+    )
+
+
+def _definitions(module: str) -> list[Any]:
+    from ml_system.features import Entity, FeatureService, FeatureView
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise MLSystemError(f"cannot import definitions module '{module}': {exc}") from exc
+    found = [v for v in vars(mod).values() if isinstance(v, (Entity, FeatureView, FeatureService))]
+    if not found:
+        raise MLSystemError(f"module '{module}' defines no Entity, FeatureView or FeatureService")
+    return found
+
+
+DefsOpt = typer.Option(
+    "ml_system.usecases.flights.features", "--module", "-m", help="Python module holding the definitions"
+)
+
+
+@features_app.command("apply")
+@fails_cleanly
+def features_apply(module: str = DefsOpt, config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
+    """Validate the definitions in MODULE and record them as a new registry version."""
+    from ml_system.features import FeatureStore
+
+    store = FeatureStore(_config(config, home))
+    defs = _definitions(module)
+    version = store.apply(defs)
+    console.print(f"applied {len(defs)} definitions from {module}: registry version {version}")
+
+
+@features_app.command("list")
+@fails_cleanly
+def features_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
+    """Feature views with owner, lifecycle, entities and TTL."""
+    from ml_system.features import FeatureStore
+
+    store = FeatureStore(_config(config, home))
+    table = Table(title=f"feature views (registry version {store.registry.version})")
+    for col in ("view", "entities", "features", "ttl", "owner", "state"):
+        table.add_column(col)
+    for view in store.list_feature_views():
+        table.add_row(
+            view.name,
+            ", ".join(view.join_keys),
+            str(len(view.schema)),
+            str(view.ttl or "-"),
+            view.owner,
+            view.lifecycle.value,
+        )
+    console.print(table)
+
+
+@features_app.command("describe")
+@fails_cleanly
+def features_describe(name: str, config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
+    """One feature view: its fields, source and metadata."""
+    from ml_system.features import FeatureStore
+
+    store = FeatureStore(_config(config, home))
+    view = store.registry.feature_view(name)
+    console.print(f"[bold]{view.name}[/bold]: {view.description}")
+    console.print(f"owner {view.owner}, state {view.lifecycle.value}, ttl {view.ttl or 'none'}, tags {view.tags}")
+    console.print(f"entities {', '.join(e.name for e in view.entities)} (join keys {', '.join(view.join_keys)})")
+    console.print(f"source: Delta table '{view.source.table}' at {store.offline.table_uri(view.source.table)}")
+    table = Table()
+    table.add_column("feature")
+    table.add_column("dtype")
+    for f in view.schema:
+        table.add_row(f.name, f.dtype)
+    console.print(table)
+
+
+@features_app.command("materialize")
+@fails_cleanly
+def features_materialize(
+    end: str = typer.Option(..., help="Upper bound (inclusive), ISO-8601 with offset"),
+    start: str | None = typer.Option(None, help="Lower bound (exclusive); omit for all history"),
+    incremental: bool = typer.Option(False, help="Resume each view from its last materialized end"),
+    config: str | None = ConfigOpt,
+    home: str | None = HomeOpt,
+) -> None:
+    """Copy the newest feature values into the online store."""
+    from ml_system.cluster import connect
+    from ml_system.usecases.flights import pipeline
+
+    cfg = _config(config, home)
+    end_ts = _parse_time(end, "end")
+    start_ts = _parse_time(start, "start") if start else None
+    connect(cfg.ray)
+    written = pipeline.materialize(cfg, end_ts, start_ts, incremental=incremental)
+    for view, n in written.items():
+        console.print(f"{view}: {n} entity rows written to the {cfg.online_store.type} online store")
+
+
+@models_app.command("list")
+@fails_cleanly
+def models_list(
+    name: str | None = typer.Argument(None), config: str | None = ConfigOpt, home: str | None = HomeOpt
+) -> None:
+    """Registered model versions with aliases, test AUC and lineage."""
+    from ml_system.training import tracking
+
+    cfg = _config(config, home)
+    table = Table(title="registered models")
+    for col in ("model", "version", "aliases", "test AUC", "feature service", "run"):
+        table.add_column(col)
+    for mv in tracking.list_versions(cfg.mlflow, name):
+        table.add_row(
+            mv.name,
+            mv.version,
+            ", ".join(mv.aliases),
+            mv.tags.get("test_auc", "-"),
+            mv.tags.get("feature_service", "-"),
+            mv.run_id[:12],
+        )
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

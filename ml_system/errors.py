@@ -1,0 +1,37 @@
+"""One exception hierarchy, so the CLI and the HTTP layer can turn any platform
+failure into a one-line reason (CLI) or a 4xx with the offending name (HTTP)
+without catching bare ``Exception``."""
+
+from __future__ import annotations
+
+
+class MLSystemError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+
+class ConfigError(MLSystemError):
+    """The configuration file or an ``MLSYS_*`` variable is invalid."""
+
+
+class DefinitionError(MLSystemError):
+    """A feature definition (entity, view, service) is inconsistent."""
+
+
+class FeatureReferenceError(MLSystemError):
+    """A ``view:feature`` reference names nothing that is registered."""
+
+
+class EntityDataError(MLSystemError):
+    """An entity dataframe lacks a join key or carries naive timestamps."""
+
+
+class StoreError(MLSystemError):
+    """An offline or online store could not be read or written."""
+
+
+class ModelNotFoundError(MLSystemError):
+    """No model version answers to the requested name, version or alias."""
+
+
+class ModelIntegrityError(MLSystemError):
+    """A model artifact's checksum does not match the one recorded at training."""

@@ -1,0 +1,107 @@
+"""SQLite online store: the embedded default, like Feast's local mode.
+
+One table per view, the values of a row packed in one JSON column so a lookup
+is a primary-key probe that returns every feature at once. WAL mode lets the
+serving replicas read while materialization writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ml_system.errors import StoreError
+from ml_system.features.online.base import OnlineRow, OnlineStore
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _table(view: str) -> str:
+    if not _NAME.match(view):
+        raise StoreError(f"view name '{view}' cannot be used as an online table name")
+    return f"fv_{view}"
+
+
+class SqliteOnlineStore(OnlineStore):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._known: set[str] = set()
+        with self._conn() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS mlsys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _ensure_table(self, view: str) -> str:
+        table = _table(view)
+        if table not in self._known:
+            self._conn().execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (entity_key TEXT PRIMARY KEY, "
+                "event_ts INTEGER NOT NULL, created_ts INTEGER NOT NULL, payload TEXT NOT NULL)"
+            )
+            self._known.add(table)
+        return table
+
+    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]]) -> int:
+        table = self._ensure_table(view)
+        conn = self._conn()
+        params = [(key, ev, cr, json.dumps(values)) for key, ev, cr, values in rows]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                f"INSERT INTO {table} (entity_key, event_ts, created_ts, payload) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(entity_key) DO UPDATE SET event_ts=excluded.event_ts, "
+                "created_ts=excluded.created_ts, payload=excluded.payload "
+                f"WHERE excluded.event_ts > {table}.event_ts OR "
+                f"(excluded.event_ts = {table}.event_ts AND excluded.created_ts >= {table}.created_ts)",
+                params,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(params)
+
+    def read(self, view: str, keys: Sequence[str]) -> list[OnlineRow | None]:
+        table = self._ensure_table(view)
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, OnlineRow] = {}
+        conn = self._conn()
+        for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
+            chunk = unique[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for key, ev, cr, payload in conn.execute(
+                f"SELECT entity_key, event_ts, created_ts, payload FROM {table} WHERE entity_key IN ({marks})",
+                chunk,
+            ):
+                found[key] = OnlineRow(ev, cr, json.loads(payload))
+        return [found.get(k) for k in keys]
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM mlsys_meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._conn().execute(
+            "INSERT INTO mlsys_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            (name, value),
+        )
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

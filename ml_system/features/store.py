@@ -1,0 +1,303 @@
+"""``FeatureStore``: the facade users call, delegating to small modules.
+
+Feast's verbs (apply, get_historical_features, get_online_features,
+materialize, materialize_incremental, push) on Ray: joins and materialization
+run as cluster jobs; the facade only resolves definitions and wires inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import ray
+
+from ml_system.config import PlatformConfig
+from ml_system.errors import EntityDataError, StoreError
+from ml_system.features.definitions import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    group_refs,
+)
+from ml_system.features.materialize import WriteLatest, latest_rows, window_ns
+from ml_system.features.offline_store import OfflineStore
+from ml_system.features.online import FeatureStatus, OnlineStore, entity_key, open_online_store
+from ml_system.features.pit_join import ROW_ID, JoinSpec, distributed_asof_join, ensure_utc
+from ml_system.features.registry import Definition, Registry
+
+
+@dataclass
+class OnlineFeatures:
+    """Column-oriented answer: ``values[name][i]`` and ``statuses[name][i]`` for entity row i."""
+
+    values: dict[str, list[Any]] = field(default_factory=dict)
+    statuses: dict[str, list[FeatureStatus]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return dict(self.values)
+
+
+class OnlineFeatureReader:
+    """Resolved once, read many times: serving replicas keep one of these.
+
+    Reading the registry or parsing references per request would cost more
+    than the lookup itself.
+    """
+
+    def __init__(self, store: OnlineStore, views: dict[str, FeatureView], refs: list[str] | tuple[str, ...]) -> None:
+        self.store = store
+        grouped = group_refs(list(refs), views)
+        self.plan: list[tuple[FeatureView, list[tuple[str, int]]]] = []
+        for view_name, feats in grouped.items():
+            view = views[view_name]
+            names = list(view.feature_names)
+            self.plan.append((view, [(f, names.index(f)) for f in feats]))
+        self.feature_names = [f for _, feats in self.plan for f, _ in feats]
+
+    def required_keys(self) -> list[str]:
+        keys: list[str] = []
+        for view, _ in self.plan:
+            keys.extend(k for k in view.join_keys if k not in keys)
+        return keys
+
+    def read(self, entity_rows: list[dict[str, Any]], now: datetime | list[datetime] | None = None) -> OnlineFeatures:
+        n = len(entity_rows)
+        if isinstance(now, list):
+            now_ns = [int(pd.Timestamp(t).value) for t in now]
+        else:
+            stamp = int(pd.Timestamp(now or datetime.now(UTC)).value)
+            now_ns = [stamp] * n
+        out = OnlineFeatures()
+        for view, feats in self.plan:
+            for key in view.join_keys:
+                missing = [i for i, row in enumerate(entity_rows) if key not in row]
+                if missing:
+                    raise EntityDataError(
+                        f"entity row {missing[0]} lacks join key '{key}' needed by view '{view.name}'"
+                    )
+            keys = [entity_key([row[k] for k in view.join_keys]) for row in entity_rows]
+            rows = self.store.read(view.name, keys)
+            ttl_ns = None if view.ttl is None else int(view.ttl.total_seconds() * 1e9)
+            for name, idx in feats:
+                vals: list[Any] = []
+                stats: list[FeatureStatus] = []
+                for i, row in enumerate(rows):
+                    if row is None:
+                        vals.append(None)
+                        stats.append(FeatureStatus.NOT_FOUND)
+                    elif ttl_ns is not None and row.event_ts <= now_ns[i] - ttl_ns:
+                        vals.append(None)
+                        stats.append(FeatureStatus.EXPIRED)
+                    else:
+                        vals.append(row.values[idx])
+                        stats.append(FeatureStatus.PRESENT)
+                out.values[name] = vals
+                out.statuses[name] = stats
+        return out
+
+
+def _timestamp_tz(ds: ray.data.Dataset, column: str) -> str | None:
+    """Time zone of a Dataset column, whether its blocks are Arrow or pandas."""
+    base = ds.schema().base_schema
+    if isinstance(base, pa.Schema):
+        return getattr(base.field(column).type, "tz", None)
+    dtype = base.types[base.names.index(column)]
+    if isinstance(dtype, pd.ArrowDtype):
+        return getattr(dtype.pyarrow_dtype, "tz", None)
+    return str(getattr(dtype, "tz", None) or "") or None
+
+
+class FeatureStore:
+    def __init__(self, config: PlatformConfig) -> None:
+        self.config = config
+        self.registry = Registry(Path(config.home) / "registry.json")
+        self.offline = OfflineStore(config.offline_store)
+        self._online: OnlineStore | None = None
+
+    @property
+    def online(self) -> OnlineStore:
+        if self._online is None:
+            self._online = open_online_store(self.config.online_store)
+        return self._online
+
+    # ---- registry -------------------------------------------------------
+    def apply(self, objects: list[Definition]) -> int:
+        for obj in objects:
+            if isinstance(obj, FeatureView):
+                self._check_source(obj)
+        return self.registry.apply(objects)
+
+    def _check_source(self, view: FeatureView) -> None:
+        """Refuse a view whose Delta table lacks a declared column (only if the table exists yet)."""
+        if not self.offline.exists(view.source.table):
+            return
+        have = set(self.offline.schema(view.source.table).names)
+        need = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
+        if view.source.created_timestamp_field:
+            need.append(view.source.created_timestamp_field)
+        missing = [c for c in need if c not in have]
+        if missing:
+            raise StoreError(f"feature view '{view.name}': source table '{view.source.table}' lacks columns {missing}")
+
+    def list_feature_views(self) -> list[FeatureView]:
+        return list(self.registry.feature_views().values())
+
+    def list_entities(self) -> list[Entity]:
+        return list(self.registry.entities().values())
+
+    def _resolve(self, features: list[str] | None, feature_service: FeatureService | str | None) -> list[str]:
+        if feature_service is not None:
+            svc = (
+                self.registry.feature_service(feature_service) if isinstance(feature_service, str) else feature_service
+            )
+            return list(svc.features)
+        if not features:
+            raise EntityDataError("pass features=[...] or feature_service=...")
+        return list(features)
+
+    # ---- offline --------------------------------------------------------
+    def table_versions(
+        self, features: list[str] | None = None, feature_service: FeatureService | str | None = None
+    ) -> dict[str, int]:
+        views = self.registry.feature_views()
+        grouped = group_refs(self._resolve(features, feature_service), views)
+        return {views[v].source.table: self.offline.version(views[v].source.table) for v in grouped}
+
+    def get_historical_features(
+        self,
+        entity_df: pd.DataFrame | ray.data.Dataset,
+        features: list[str] | None = None,
+        feature_service: FeatureService | str | None = None,
+        *,
+        as_of: dict[str, int] | None = None,
+        timestamp_column: str = "event_timestamp",
+        num_partitions: int | None = None,
+    ) -> pd.DataFrame | ray.data.Dataset:
+        """Point-in-time-correct training rows; the output type follows ``entity_df``.
+
+        ``as_of`` pins Delta table versions (as recorded from an earlier call's
+        ``attrs["table_versions"]``) so the same rows come back after appends.
+        """
+        refs = self._resolve(features, feature_service)
+        views = self.registry.feature_views()
+        grouped = group_refs(refs, views)
+        is_pandas = isinstance(entity_df, pd.DataFrame)
+        columns = list(entity_df.columns) if is_pandas else list(entity_df.schema().names)
+        if timestamp_column not in columns:
+            raise EntityDataError(f"entity_df lacks the timestamp column '{timestamp_column}'")
+        for view_name in grouped:
+            for key in views[view_name].join_keys:
+                if key not in columns:
+                    raise EntityDataError(f"entity_df lacks join key '{key}' needed by view '{view_name}'")
+        for view_name, feats in grouped.items():
+            clash = [f for f in feats if f in columns]
+            if clash:
+                raise EntityDataError(f"entity_df already has columns {clash} that view '{view_name}' would add")
+
+        versions: dict[str, int] = {}
+        stages: list[tuple[JoinSpec, list[ray.ObjectRef]]] = []
+        for view_name, feats in grouped.items():
+            view = views[view_name]
+            table = view.source.table
+            version = (as_of or {}).get(table)
+            if version is None:
+                version = self.offline.version(table)
+            versions[table] = version
+            src_cols = [*view.join_keys, view.source.timestamp_field, *feats]
+            if view.source.created_timestamp_field:
+                src_cols.append(view.source.created_timestamp_field)
+            have = set(self.offline.schema(table, version).names)
+            missing = [c for c in src_cols if c not in have]
+            if missing:
+                raise StoreError(f"feature view '{view_name}': source table '{table}' lacks columns {missing}")
+            spec = JoinSpec(
+                join_keys=view.join_keys,
+                features=tuple(feats),
+                timestamp_field=view.source.timestamp_field,
+                created_timestamp_field=view.source.created_timestamp_field,
+                ttl=view.ttl,
+            )
+            blocks = self.offline.read_dataset(table, version=version, columns=src_cols).to_pandas_refs()
+            stages.append((spec, blocks))
+
+        parts = num_partitions or max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
+        if is_pandas:
+            frame = entity_df.copy()
+            frame[timestamp_column] = ensure_utc(frame[timestamp_column], timestamp_column)
+            frame[ROW_ID] = np.arange(len(frame))
+            chunk = max(1, math.ceil(len(frame) / parts))
+            entity_blocks = [ray.put(frame.iloc[i : i + chunk]) for i in range(0, max(len(frame), 1), chunk)]
+        else:
+            if _timestamp_tz(entity_df, timestamp_column) is None:
+                raise EntityDataError(f"column '{timestamp_column}' holds naive timestamps; make them timezone-aware")
+            entity_blocks = entity_df.to_pandas_refs()
+
+        out_refs = distributed_asof_join(entity_blocks, stages, timestamp_column, parts)
+        if is_pandas:
+            result = pd.concat(ray.get(out_refs), ignore_index=True)
+            result = result.sort_values(ROW_ID, kind="stable").drop(columns=[ROW_ID]).reset_index(drop=True)
+            result.attrs["table_versions"] = versions
+            return result
+        dataset = ray.data.from_pandas_refs(out_refs)
+        return dataset
+
+    # ---- online ---------------------------------------------------------
+    def online_reader(
+        self, features: list[str] | None = None, feature_service: FeatureService | str | None = None
+    ) -> OnlineFeatureReader:
+        return OnlineFeatureReader(self.online, self.registry.feature_views(), self._resolve(features, feature_service))
+
+    def get_online_features(
+        self,
+        features: list[str] | FeatureService | str,
+        entity_rows: list[dict[str, Any]],
+        now: datetime | None = None,
+    ) -> OnlineFeatures:
+        if isinstance(features, (FeatureService, str)):
+            reader = self.online_reader(feature_service=features)
+        else:
+            reader = self.online_reader(features=list(features))
+        return reader.read(entity_rows, now)
+
+    def materialize(self, start: datetime | None, end: datetime, views: list[str] | None = None) -> dict[str, int]:
+        """Write the newest value per entity with ``start < event_timestamp <= end``; returns rows written per view."""
+        start_ns, end_ns = window_ns(start, end)
+        written: dict[str, int] = {}
+        for view in self.list_feature_views():
+            if views is not None and view.name not in views:
+                continue
+            cols = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
+            if view.source.created_timestamp_field:
+                cols.append(view.source.created_timestamp_field)
+            ds = self.offline.read_dataset(view.source.table, columns=cols)
+            counts = ds.map_batches(
+                WriteLatest(view, self.config.online_store, start_ns, end_ns), batch_format="pandas"
+            ).take_all()
+            written[view.name] = int(sum(r["written"] for r in counts))
+            self.online.set_meta(f"materialized_until:{view.name}", str(end_ns))
+        return written
+
+    def materialize_incremental(self, end: datetime, views: list[str] | None = None) -> dict[str, int]:
+        """Each view resumes from where its last materialization ended."""
+        written: dict[str, int] = {}
+        for view in self.list_feature_views():
+            if views is not None and view.name not in views:
+                continue
+            last = self.online.get_meta(f"materialized_until:{view.name}")
+            start = None if last is None else pd.Timestamp(int(last), tz="UTC").to_pydatetime()
+            written.update(self.materialize(start, end, views=[view.name]))
+        return written
+
+    def push(self, view_name: str, rows: pd.DataFrame, to_offline: bool = True) -> int:
+        """Write fresh rows (e.g. from a stream) online, and append them offline for training."""
+        view = self.registry.feature_view(view_name)
+        if to_offline:
+            self.offline.write_pandas(view.source.table, rows, mode="append")
+        return self.online.write_batch(view.name, latest_rows(rows, view))

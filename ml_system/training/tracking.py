@@ -1,0 +1,135 @@
+"""MLflow: runs, lineage and the model registry.
+
+Models are logged as plain artifacts (our checksummed XGBoost JSON) and
+registered with ``create_model_version`` on the run's artifact URI, so the
+registry holds exactly the bytes whose checksum it records. Lineage lives in
+tags of both the run and the model version: the feature service, the Delta
+table versions of the training set and the checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ml_system.config import MlflowConfig
+from ml_system.errors import ModelNotFoundError
+from ml_system.training.model_artifact import ModelSpec, load_model
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+    aliases: list[str]
+
+
+def client(config: MlflowConfig) -> MlflowClient:
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
+    return MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+
+
+def experiment_id(config: MlflowConfig, name: str | None = None) -> str:
+    c = client(config)
+    name = name or config.experiment
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=config.artifact_location)
+    except MlflowException:  # created meanwhile by another process
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def register_model(
+    config: MlflowConfig,
+    model_name: str,
+    run_id: str,
+    artifact_path: str,
+    tags: dict[str, str],
+    alias: str | None = CHAMPION,
+) -> RegisteredModel:
+    c = client(config)
+    try:
+        c.create_registered_model(model_name, description="Registered by ml_system")
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    run = c.get_run(run_id)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = c.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+    if alias:
+        c.set_registered_model_alias(model_name, alias, mv.version)
+    return resolve(config, model_name, version=str(mv.version))
+
+
+def resolve(
+    config: MlflowConfig, model_name: str, alias: str | None = None, version: str | None = None
+) -> RegisteredModel:
+    c = client(config)
+    try:
+        if version is not None:
+            mv = c.get_model_version(model_name, version)
+        else:
+            mv = c.get_model_version_by_alias(model_name, alias or CHAMPION)
+    except MlflowException as exc:
+        what = f"version {version}" if version else f"alias '{alias or CHAMPION}'"
+        raise ModelNotFoundError(f"model '{model_name}' has no {what}; train one with `mlsys train`") from exc
+    return RegisteredModel(
+        name=model_name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        source=mv.source,
+        tags=dict(mv.tags or {}),
+        aliases=list(getattr(mv, "aliases", []) or []),
+    )
+
+
+def list_versions(config: MlflowConfig, model_name: str | None = None) -> list[RegisteredModel]:
+    c = client(config)
+    query = f"name='{model_name}'" if model_name else None
+    out = []
+    for mv in c.search_model_versions(query):
+        out.append(
+            RegisteredModel(
+                mv.name,
+                str(mv.version),
+                mv.run_id or "",
+                mv.source,
+                dict(mv.tags or {}),
+                list(getattr(mv, "aliases", []) or []),
+            )
+        )
+    return sorted(out, key=lambda m: (m.name, int(m.version)))
+
+
+def load_registered(config: MlflowConfig, model: RegisteredModel) -> tuple[Any, ModelSpec]:
+    """Download and verify the model's checksum before handing it out."""
+    client(config)
+    with tempfile.TemporaryDirectory(prefix="mlsys-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=tmp)
+        return load_model(Path(local), model.tags.get("sha256"))
+
+
+def log_dict_artifact(data: dict[str, Any], name: str) -> None:
+    mlflow.log_text(json.dumps(data, indent=2, default=str), name)

@@ -1,0 +1,150 @@
+"""Hyper-parameter search for XGBoost with Ray Tune.
+
+Ray 2.60 runs Train V2 by default, under which ``Tuner(XGBoostTrainer)`` fails;
+the data fits one worker, so each trial is a function trainable calling
+``xgboost.train`` with Tune's report callback, one CPU each, pruned by ASHA.
+ASHA's ``max_t`` stays above the number of boosting rounds so the surviving
+trials end on their own and write their final checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from ray import tune
+from ray.tune.integration.xgboost import TuneReportCheckpointCallback
+from ray.tune.schedulers import ASHAScheduler
+
+METRIC = "valid-auc"
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    config: dict[str, Any]
+    valid_auc: float
+    iterations: int
+
+
+@dataclass
+class TuneOutcome:
+    booster: xgb.Booster
+    best_config: dict[str, Any]
+    best_valid_auc: float
+    trials: list[TrialSummary]
+
+
+def search_space(seed: int) -> dict[str, Any]:
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": ["logloss", "auc"],
+        "tree_method": "hist",
+        "nthread": 1,
+        "seed": seed,
+        "max_depth": tune.randint(3, 9),
+        "eta": tune.loguniform(0.03, 0.3),
+        "subsample": tune.uniform(0.6, 1.0),
+        "colsample_bytree": tune.uniform(0.6, 1.0),
+        "min_child_weight": tune.loguniform(1.0, 20.0),
+    }
+
+
+def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: int) -> None:
+    dtrain = xgb.DMatrix(data["x_train"], label=data["y_train"], feature_names=data["features"])
+    dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["features"])
+    xgb.train(
+        config,
+        dtrain,
+        num_boost_round=num_boost_round,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=25,
+        verbose_eval=False,
+        callbacks=[TuneReportCheckpointCallback(metrics={METRIC: METRIC}, frequency=0, checkpoint_at_end=True)],
+    )
+
+
+class _Progress(tune.Callback):
+    """Reports finished trials to the caller (a progress bar) on the driver."""
+
+    def __init__(self, on_trial_done: Callable[[str, float], None] | None) -> None:
+        self.on_trial_done = on_trial_done
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config into the experiment folder; a progress
+        # bar's callback holds terminal state that cannot (and need not) travel.
+        return {"on_trial_done": None}
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.on_trial_done is not None:
+            self.on_trial_done(trial.trial_id, float((trial.last_result or {}).get(METRIC, float("nan"))))
+
+
+def tune_xgboost(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    features: list[str],
+    label: str,
+    *,
+    num_samples: int = 8,
+    num_boost_round: int = 200,
+    storage_path: str,
+    experiment_name: str = "flight_delay_tune",
+    seed: int = 7,
+    on_trial_done: Callable[[str, float], None] | None = None,
+) -> TuneOutcome:
+    data = {
+        "x_train": train[features].to_numpy(dtype=np.float32),
+        "y_train": train[label].to_numpy(dtype=np.float32),
+        "x_valid": valid[features].to_numpy(dtype=np.float32),
+        "y_valid": valid[label].to_numpy(dtype=np.float32),
+        "features": list(features),
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, data=data, num_boost_round=num_boost_round), {"cpu": 1}
+    )
+    scheduler = ASHAScheduler(max_t=num_boost_round + 10, grace_period=min(20, num_boost_round), reduction_factor=3)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(seed),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=num_samples,
+            scheduler=scheduler,
+            search_alg=tune.search.BasicVariantGenerator(random_state=seed),
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_name,
+            storage_path=storage_path,
+            verbose=0,
+            callbacks=[_Progress(on_trial_done)] if on_trial_done else None,
+        ),
+    )
+    grid = tuner.fit()
+    trials = []
+    for result in grid:
+        if result.error is not None:
+            continue
+        trials.append(
+            TrialSummary(
+                trial_id=str(result.path).rsplit("/", 1)[-1],
+                config={k: v for k, v in result.config.items() if k not in ("eval_metric",)},
+                valid_auc=float(result.metrics.get(METRIC, float("nan"))),
+                iterations=int(result.metrics.get("training_iteration", 0)),
+            )
+        )
+    best = grid.get_best_result(metric=METRIC, mode="max", scope="last")
+    if best.checkpoint is None:
+        raise RuntimeError("the best trial left no checkpoint; raise ASHA max_t above num_boost_round")
+    booster = TuneReportCheckpointCallback.get_model(best.checkpoint)
+    return TuneOutcome(
+        booster=booster,
+        best_config=dict(best.config),
+        best_valid_auc=float(best.metrics[METRIC]),
+        trials=trials,
+    )
