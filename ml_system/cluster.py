@@ -4,12 +4,46 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
+from pathlib import Path
 
 import ray
 
 from ml_system.config import RayConfig
 
 log = logging.getLogger(__name__)
+
+
+def quiet() -> None:
+    """Keep Ray's and MLflow's INFO chatter out of a terminal that shows our own progress."""
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray", "ray.data", "ray.tune", "ray.serve", "ray.train", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _local_cluster_alive(timeout_s: float = 1.0) -> bool:
+    """Is the cluster that ``ray start`` recorded on this machine still listening?
+
+    ``ray.init(address="auto")`` trusts that record, and a record left by a
+    killed cluster makes it wait for a dead node instead of starting a new one.
+    """
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        host, _, port = record.read_text().strip().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def connect(config: RayConfig) -> str:
@@ -22,18 +56,18 @@ def connect(config: RayConfig) -> str:
         address = config.address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=False)
+        elif _local_cluster_alive():
+            ray.init(address="auto", log_to_driver=False)
+            log.info("attached to the running local Ray cluster")
         else:
-            try:
-                ray.init(address="auto", log_to_driver=False)
-                log.info("attached to the running local Ray cluster")
-            except (ConnectionError, RuntimeError):
-                ray.init(
-                    num_cpus=config.num_cpus,
-                    object_store_memory=config.object_store_memory,
-                    include_dashboard=True,
-                    dashboard_host=config.dashboard_host,
-                    log_to_driver=False,
-                )
+            ray.init(
+                address="local",
+                num_cpus=config.num_cpus,
+                object_store_memory=config.object_store_memory,
+                include_dashboard=True,
+                dashboard_host=config.dashboard_host,
+                log_to_driver=False,
+            )
     ctx = ray.get_runtime_context()
     url = getattr(ctx, "dashboard_url", None) or ""
     if not url:

@@ -13,12 +13,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import ray
 
 from ml_system.config import PlatformConfig, load_config
+from ml_system.training.pipeline import TrainReport
+from ml_system.usecases.flights import pipeline
 
 
 def free_port() -> int:
@@ -28,10 +31,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster() -> Iterator[str]:
+    """The session's cluster; yields the dashboard (job submission) address."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=2, object_store_memory=800_000_000, include_dashboard=False, log_to_driver=False)
-    yield
+    dashboard_port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=800_000_000,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+    )
+    yield f"http://127.0.0.1:{dashboard_port}"
     try:
         from ray import serve
 
@@ -73,3 +86,49 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster: str) -> int:
+    """Serve's HTTP proxy is one per cluster: start it once, on a free port, for every app in the session."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+# ---- a small but real flight-delay platform, built once per session -------------------------
+# Raw data and trailing rates in Delta, a registry, a model tuned with Ray Tune and registered in
+# MLflow, an online store materialized to the demo cut-off, and (on demand) the Serve app.
+
+
+@dataclass
+class FlightsPlatform:
+    config: PlatformConfig
+    report: TrainReport
+    written: dict[str, int]
+
+
+@pytest.fixture(scope="session")
+def flights_platform(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> FlightsPlatform:
+    home: Path = tmp_path_factory.mktemp("flights") / "mlsys"
+    config = make_config(home)
+    pipeline.build_features(config)
+    report = pipeline.train(config, num_samples=2, num_boost_round=60)
+    written = pipeline.materialize(config, end=pipeline.DEMO_CUTOFF.to_pydatetime())
+    return FlightsPlatform(config=config, report=report, written=written)
+
+
+@pytest.fixture(scope="session")
+def flights_url(flights_platform: FlightsPlatform, serve_port: int) -> Iterator[str]:
+    from ray import serve
+
+    from ml_system.serving.deploy import run_app
+    from ml_system.usecases.flights.serve_app import build_app
+
+    serving = flights_platform.config.serving.model_copy(update={"port": serve_port})
+    app = build_app({"model_name": pipeline.MODEL_NAME, "home": flights_platform.config.home, "max_rows": 50})
+    url = run_app(app, "flight_delay_test", serving, route_prefix="/flights")
+    yield url
+    serve.delete("flight_delay_test")

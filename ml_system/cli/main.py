@@ -28,8 +28,9 @@ models_app = typer.Typer(help="Registered model versions (MLflow).", no_args_is_
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 
-console = Console()
-err = Console(stderr=True)
+# Piped output (logs, CI, tests) gets wide tables rather than Rich's 80-column wrap.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $MLSYS_CONFIG or ./mlsys.yaml)")
 HomeOpt = typer.Option(None, "--home", help="Platform state folder (default: $MLSYS_HOME or ~/.mlsys)")

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ml_system.cluster import connect
+from ml_system.cluster import connect, quiet
 from ml_system.config import PlatformConfig
 from ml_system.serving.deploy import run_app
 from ml_system.usecases.flights import pipeline
@@ -41,6 +41,7 @@ def run_quickstart(
     config: PlatformConfig, trials: int = 8, rounds: int = 200, requests: int = 300, console: Console | None = None
 ) -> QuickstartResult:
     console = console or Console()
+    quiet()
     t_start = time.perf_counter()
     stage_s: dict[str, float] = {}
     columns = (

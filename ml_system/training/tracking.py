@@ -106,20 +106,19 @@ def resolve(
 
 
 def list_versions(config: MlflowConfig, model_name: str | None = None) -> list[RegisteredModel]:
+    """Every version with its aliases (``search_model_versions`` leaves aliases out)."""
     c = client(config)
     query = f"name='{model_name}'" if model_name else None
+    aliases: dict[str, dict[str, list[str]]] = {}
     out = []
     for mv in c.search_model_versions(query):
-        out.append(
-            RegisteredModel(
-                mv.name,
-                str(mv.version),
-                mv.run_id or "",
-                mv.source,
-                dict(mv.tags or {}),
-                list(getattr(mv, "aliases", []) or []),
-            )
-        )
+        if mv.name not in aliases:
+            by_version: dict[str, list[str]] = {}
+            for alias, version in (c.get_registered_model(mv.name).aliases or {}).items():
+                by_version.setdefault(str(version), []).append(alias)
+            aliases[mv.name] = by_version
+        out.append(RegisteredModel(mv.name, str(mv.version), mv.run_id or "", mv.source, dict(mv.tags or {}),
+                                   sorted(aliases[mv.name].get(str(mv.version), []))))
     return sorted(out, key=lambda m: (m.name, int(m.version)))
 
 

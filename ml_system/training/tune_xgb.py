@@ -138,9 +138,12 @@ def tune_xgboost(
                 iterations=int(result.metrics.get("training_iteration", 0)),
             )
         )
-    best = grid.get_best_result(metric=METRIC, mode="max", scope="last")
-    if best.checkpoint is None:
-        raise RuntimeError("the best trial left no checkpoint; raise ASHA max_t above num_boost_round")
+    # ASHA-pruned trials stop before the callback writes their final checkpoint;
+    # the winner is the best trial that ran to its end.
+    finished = [r for r in grid if r.error is None and r.checkpoint is not None and METRIC in r.metrics]
+    if not finished:
+        raise RuntimeError("no trial finished with a checkpoint; raise ASHA max_t above num_boost_round")
+    best = max(finished, key=lambda r: float(r.metrics[METRIC]))
     booster = TuneReportCheckpointCallback.get_model(best.checkpoint)
     return TuneOutcome(
         booster=booster,

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# A head and one worker node on this machine, to try multi-node placement locally.
+#   bash cluster/start_local_cluster.sh        # start
+#   ray stop                                   # stop both
+# Clients (ray job submit, serve deploy) then need RAY_AUTH_MODE=token: Ray 2.60
+# turns token authentication on for local clusters; the token is in ~/.ray/auth_token.
+set -euo pipefail
+HEAD_PORT=${HEAD_PORT:-6380}   # 6379 is the machine's Redis
+ray start --head --port "$HEAD_PORT" --num-cpus "${HEAD_CPUS:-1}" --object-store-memory 800000000 \
+  --dashboard-host 127.0.0.1 --resources '{"head": 1}'
+ray start --address "127.0.0.1:$HEAD_PORT" --num-cpus "${WORKER_CPUS:-1}" --object-store-memory 800000000 \
+  --resources '{"worker": 1}'
+echo "dashboard: http://127.0.0.1:8265   jobs: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 ray job submit ..."
