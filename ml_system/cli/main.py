@@ -42,6 +42,7 @@ def _config(config: str | None, home: str | None) -> PlatformConfig:
             update={
                 "home": home,
                 "offline_store": cfg.offline_store.model_copy(update={"uri": ""}),
+                "registry": cfg.registry.model_copy(update={"uri": ""}),
                 "online_store": cfg.online_store.model_copy(update={"path": ""}),
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
             }

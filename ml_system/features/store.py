@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,7 +116,7 @@ def _timestamp_tz(ds: ray.data.Dataset, column: str) -> str | None:
 class FeatureStore:
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
-        self.registry = Registry(Path(config.home) / "registry.json")
+        self.registry = Registry(config.registry.uri, config.registry.storage_options)
         self.offline = OfflineStore(config.offline_store)
         self._online: OnlineStore | None = None
 
