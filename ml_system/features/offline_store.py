@@ -82,7 +82,11 @@ class OfflineStore:
         if columns is not None:
             kwargs["columns"] = columns
         if self.storage_options:
-            kwargs["filesystem"] = _arrow_filesystem(self.storage_options)
+            # Delta lists data files relative to the table, so the filesystem must be rooted there
+            from pyarrow import fs
+
+            root = self.table_uri(table).split("://", 1)[-1]
+            kwargs["filesystem"] = fs.SubTreeFileSystem(root, _arrow_filesystem(self.storage_options))
         # storage_options reach the Delta log (versions, time travel), filesystem reaches the data files
         return ray.data.read_delta(
             self.table_uri(table), version=version, storage_options=self.storage_options, **kwargs
