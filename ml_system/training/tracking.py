@@ -38,6 +38,8 @@ class RegisteredModel:
     source: str
     tags: dict[str, str]
     aliases: list[str]
+    stage: str = ""
+    """MLflow's (legacy) stage; "Archived" marks a version that no longer serves."""
 
 
 def client(config: MlflowConfig) -> MlflowClient:
@@ -102,6 +104,7 @@ def resolve(
         source=mv.source,
         tags=dict(mv.tags or {}),
         aliases=list(getattr(mv, "aliases", []) or []),
+        stage=mv.current_stage or "",
     )
 
 
@@ -118,6 +121,7 @@ def list_versions(config: MlflowConfig, model_name: str | None = None) -> list[R
                 mv.source,
                 dict(mv.tags or {}),
                 list(getattr(mv, "aliases", []) or []),
+                mv.current_stage or "",
             )
         )
     return sorted(out, key=lambda m: (m.name, int(m.version)))
