@@ -41,6 +41,14 @@ class OfflineStoreConfig(_Section):
     storage_options: dict[str, str] = Field(default_factory=dict)
 
 
+class RegistryConfig(_Section):
+    uri: str = ""
+    """Folder of the feature registry's versions: a local path or ``s3://bucket/prefix``
+    (default ``<home>/registry``)."""
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    """Same ``AWS_*`` keys as the offline store's, so one set of credentials serves both."""
+
+
 class OnlineStoreConfig(_Section):
     type: Literal["sqlite", "redis"] = "sqlite"
     path: str = ""
@@ -63,6 +71,7 @@ class PlatformConfig(_Section):
     home: str = ""
     ray: RayConfig = Field(default_factory=RayConfig)
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
@@ -75,6 +84,8 @@ class PlatformConfig(_Section):
         data["home"] = str(home)
         off = data["offline_store"]
         off["uri"] = _absolute(off["uri"] or str(home / "offline"))
+        reg = data["registry"]
+        reg["uri"] = _absolute(reg["uri"] or str(home / "registry"))
         on = data["online_store"]
         on["path"] = _absolute(on["path"] or str(home / "online.db"))
         ml = data["mlflow"]

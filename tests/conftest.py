@@ -30,6 +30,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, seconds: float) -> None:
+    """Block until a private server accepts connections; fail the session if it never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{what} did not start on port {port}")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """The session's cluster; yields the dashboard (job submission) address."""
@@ -76,13 +89,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
+    wait_for_port(port, proc, "redis-server", 10)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
@@ -132,3 +139,67 @@ def flights_url(flights_platform: FlightsPlatform, serve_port: int) -> Iterator[
     url = run_app(app, "flight_delay_test", serving, route_prefix="/flights")
     yield url
     serve.delete("flight_delay_test")
+
+
+# moto's server checks ``If-None-Match`` and then stores the object without a lock, so two
+# concurrent conditional puts can both succeed there, which real S3 decides atomically. The
+# server below is moto's own app behind a lock around each request: real HTTP, S3's atomicity.
+_MOTO_SERVER = """
+import sys, threading
+from werkzeug.serving import run_simple
+from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+
+def serialized(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+
+run_simple("127.0.0.1", int(sys.argv[1]), serialized, threaded=True, request_handler=MotoRequestHandler)
+"""
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A private moto S3 server over HTTP; returns its endpoint URL."""
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOTO_SERVER, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_port(port, proc, "moto S3 server", 20)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def s3_options(endpoint: str) -> dict[str, str]:
+    """deltalake-style storage options for the moto server (any credentials are accepted)."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+    }
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test, so tests never see each other's objects."""
+    import boto3
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    name = f"{name}-{time.monotonic_ns() % 10**9}"
+    opts = s3_options(s3_endpoint)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=opts["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=opts["AWS_SECRET_ACCESS_KEY"],
+        region_name=opts["AWS_REGION"],
+    ).create_bucket(Bucket=name)
+    return name

@@ -65,7 +65,8 @@ class FeatureView:
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
-    lifecycle: Lifecycle = Lifecycle.ACTIVE
+    lifecycle: Lifecycle | None = None
+    """None keeps the registered state (a new view starts active); the registry owns it after that."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entities", tuple(self.entities))
@@ -81,6 +82,8 @@ class FeatureView:
         clash = set(names) & set(self.join_keys)
         if clash:
             raise DefinitionError(f"feature view '{self.name}': fields {sorted(clash)} shadow join keys")
+        if self.lifecycle is not None:
+            object.__setattr__(self, "lifecycle", Lifecycle(self.lifecycle))
         if self.ttl is not None and self.ttl <= timedelta(0):
             raise DefinitionError(f"feature view '{self.name}': ttl must be positive or None")
 

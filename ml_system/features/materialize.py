@@ -17,6 +17,7 @@ import pandas as pd
 from ml_system.config import OnlineStoreConfig
 from ml_system.features.definitions import FeatureView
 from ml_system.features.online import entity_key, open_online_store
+from ml_system.features.online.base import BASE
 from ml_system.features.pit_join import ensure_utc
 
 
@@ -68,11 +69,14 @@ def _plain(value: Any) -> Any:
 class WriteLatest:
     """Ray Data ``map_batches`` callable: filter to the window, reduce, write."""
 
-    def __init__(self, view: FeatureView, online: OnlineStoreConfig, start_ns: int | None, end_ns: int) -> None:
+    def __init__(
+        self, view: FeatureView, online: OnlineStoreConfig, start_ns: int | None, end_ns: int, snapshot: str = BASE
+    ) -> None:
         self.view = view
         self.online = online
         self.start_ns = start_ns
         self.end_ns = end_ns
+        self.snapshot = snapshot
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         ts = to_ns(batch[self.view.source.timestamp_field], self.view.source.timestamp_field)
@@ -83,10 +87,15 @@ class WriteLatest:
         if rows:
             store = open_online_store(self.online)
             try:
-                store.write_batch(self.view.name, rows)
+                store.write_batch(self.view.name, rows, self.snapshot)
             finally:
                 store.close()
         return pd.DataFrame({"written": [len(rows)]})
+
+
+def watermark_key(view: str, snapshot: str = BASE) -> str:
+    """Meta name of a view's materialized-until timestamp in one namespace."""
+    return f"materialized_until:{view}" if snapshot == BASE else f"materialized_until:{view}@{snapshot}"
 
 
 def window_ns(start: datetime | None, end: datetime) -> tuple[int | None, int]:

@@ -7,11 +7,13 @@ training set records the versions it read and can be rebuilt exactly later
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
@@ -80,8 +82,27 @@ class OfflineStore:
         if columns is not None:
             kwargs["columns"] = columns
         if self.storage_options:
-            kwargs["filesystem"] = _arrow_filesystem(self.storage_options)
-        return ray.data.read_delta(self.table_uri(table), version=version, **kwargs)
+            # Delta lists data files relative to the table, so the filesystem must be rooted there
+            from pyarrow import fs
+
+            root = self.table_uri(table).split("://", 1)[-1]
+            kwargs["filesystem"] = fs.SubTreeFileSystem(root, _arrow_filesystem(self.storage_options))
+        # storage_options reach the Delta log (versions, time travel), filesystem reaches the data files
+        return ray.data.read_delta(
+            self.table_uri(table), version=version, storage_options=self.storage_options, **kwargs
+        )
+
+    def max_timestamp(self, table: str, column: str) -> datetime | None:
+        """Newest value of a timestamp column from Delta's per-file statistics: no data file is read."""
+        dt = DeltaTable(self.table_uri(table), storage_options=self.storage_options)
+        stats = pa.table(dt.get_add_actions(flatten=True))
+        name = f"max.{column}"
+        if name not in stats.column_names or stats.num_rows == 0:
+            return None
+        value = pc.max(stats.column(name)).as_py()
+        if value is None:
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     def read_pandas(self, table: str, version: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
         try:

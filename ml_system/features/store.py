@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,18 +18,19 @@ import pyarrow as pa
 import ray
 
 from ml_system.config import PlatformConfig
-from ml_system.errors import EntityDataError, StoreError
+from ml_system.errors import DefinitionError, EntityDataError, StoreError
+from ml_system.features import snapshots
 from ml_system.features.definitions import (
     Entity,
     FeatureService,
     FeatureView,
     group_refs,
 )
-from ml_system.features.materialize import WriteLatest, latest_rows, window_ns
+from ml_system.features.materialize import WriteLatest, latest_rows, watermark_key, window_ns
 from ml_system.features.offline_store import OfflineStore
 from ml_system.features.online import FeatureStatus, OnlineStore, entity_key, open_online_store
 from ml_system.features.pit_join import ROW_ID, JoinSpec, distributed_asof_join, ensure_utc
-from ml_system.features.registry import Definition, Registry
+from ml_system.features.registry import Change, Definition, Registry
 
 
 @dataclass
@@ -42,6 +42,12 @@ class OnlineFeatures:
 
     def to_dict(self) -> dict[str, list[Any]]:
         return dict(self.values)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    latest_event: datetime | None
+    materialized_until: datetime | None
 
 
 class OnlineFeatureReader:
@@ -75,6 +81,7 @@ class OnlineFeatureReader:
             stamp = int(pd.Timestamp(now or datetime.now(UTC)).value)
             now_ns = [stamp] * n
         out = OnlineFeatures()
+        snapshot = self.store.active_snapshot()  # once per request: every view answers from one snapshot
         for view, feats in self.plan:
             for key in view.join_keys:
                 missing = [i for i, row in enumerate(entity_rows) if key not in row]
@@ -83,7 +90,7 @@ class OnlineFeatureReader:
                         f"entity row {missing[0]} lacks join key '{key}' needed by view '{view.name}'"
                     )
             keys = [entity_key([row[k] for k in view.join_keys]) for row in entity_rows]
-            rows = self.store.read(view.name, keys)
+            rows = self.store.read(view.name, keys, snapshot)
             ttl_ns = None if view.ttl is None else int(view.ttl.total_seconds() * 1e9)
             for name, idx in feats:
                 vals: list[Any] = []
@@ -117,7 +124,7 @@ def _timestamp_tz(ds: ray.data.Dataset, column: str) -> str | None:
 class FeatureStore:
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
-        self.registry = Registry(Path(config.home) / "registry.json")
+        self.registry = Registry(config.registry.uri, config.registry.storage_options)
         self.offline = OfflineStore(config.offline_store)
         self._online: OnlineStore | None = None
 
@@ -128,15 +135,27 @@ class FeatureStore:
         return self._online
 
     # ---- registry -------------------------------------------------------
-    def apply(self, objects: list[Definition]) -> int:
+    def apply(self, objects: list[Definition], *, by: str = "", prune: bool = False) -> int:
+        """Check sources, then record the definitions as one registry version (or none on any error)."""
         for obj in objects:
             if isinstance(obj, FeatureView):
                 self._check_source(obj)
-        return self.registry.apply(objects)
+        return self.registry.apply(objects, by=by, prune=prune)
 
-    def _check_source(self, view: FeatureView) -> None:
-        """Refuse a view whose Delta table lacks a declared column (only if the table exists yet)."""
+    def plan(self, objects: list[Definition], *, prune: bool = True) -> list[Change]:
+        for obj in objects:
+            if isinstance(obj, FeatureView):
+                self._check_source(obj)
+        return self.registry.plan(objects, prune=prune)
+
+    def _check_source(self, view: FeatureView, require_table: bool = False) -> None:
+        """Refuse a view whose Delta table lacks a declared column (or, unless required, does not exist yet)."""
         if not self.offline.exists(view.source.table):
+            if require_table:
+                raise StoreError(
+                    f"feature view '{view.name}': source table '{view.source.table}' does not exist "
+                    f"under {self.offline.root}"
+                )
             return
         have = set(self.offline.schema(view.source.table).names)
         need = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
@@ -266,38 +285,104 @@ class FeatureStore:
             reader = self.online_reader(features=list(features))
         return reader.read(entity_rows, now)
 
-    def materialize(self, start: datetime | None, end: datetime, views: list[str] | None = None) -> dict[str, int]:
-        """Write the newest value per entity with ``start < event_timestamp <= end``; returns rows written per view."""
+    def _views(self, views: list[str] | None) -> list[FeatureView]:
+        registered = self.registry.feature_views()
+        unknown = sorted(set(views or []) - set(registered))
+        if unknown:
+            raise DefinitionError(f"no feature views named {unknown} are registered (have {sorted(registered)})")
+        return [v for v in registered.values() if views is None or v.name in views]
+
+    def materialize(
+        self,
+        start: datetime | None,
+        end: datetime,
+        views: list[str] | None = None,
+        *,
+        snapshot: str | None = None,
+        writer: type[WriteLatest] = WriteLatest,
+    ) -> dict[str, int]:
+        """Write the newest value per entity with ``start < event_timestamp <= end``; returns rows written per view.
+
+        Every view's source is checked before anything is written, so bad input leaves the online
+        store as it was. A view's ``materialized_until`` moves only once all of its blocks are
+        written: a run that dies part-way is resumed by running again, and the upsert-if-newer write
+        makes the repeated blocks land as no-ops. ``snapshot`` picks the namespace (default: the
+        active one); ``writer`` is the Ray Data batch callable, replaceable for custom sinks or to
+        inject faults.
+        """
         start_ns, end_ns = window_ns(start, end)
+        namespace = self.online.active_snapshot() if snapshot is None else snapshot
+        selected = self._views(views)
+        for view in selected:
+            self._check_source(view, require_table=True)
         written: dict[str, int] = {}
-        for view in self.list_feature_views():
-            if views is not None and view.name not in views:
-                continue
+        for view in selected:
             cols = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
             if view.source.created_timestamp_field:
                 cols.append(view.source.created_timestamp_field)
             ds = self.offline.read_dataset(view.source.table, columns=cols)
             counts = ds.map_batches(
-                WriteLatest(view, self.config.online_store, start_ns, end_ns), batch_format="pandas"
+                writer(view, self.config.online_store, start_ns, end_ns, namespace), batch_format="pandas"
             ).take_all()
             written[view.name] = int(sum(r["written"] for r in counts))
-            self.online.set_meta(f"materialized_until:{view.name}", str(end_ns))
+            self.online.set_meta(watermark_key(view.name, namespace), str(end_ns))
         return written
 
-    def materialize_incremental(self, end: datetime, views: list[str] | None = None) -> dict[str, int]:
-        """Each view resumes from where its last materialization ended."""
+    def materialized_until(self, view: str, snapshot: str | None = None) -> datetime | None:
+        namespace = self.online.active_snapshot() if snapshot is None else snapshot
+        last = self.online.get_meta(watermark_key(view, namespace))
+        return None if last is None else pd.Timestamp(int(last), tz="UTC").to_pydatetime()
+
+    def materialize_incremental(
+        self, end: datetime, views: list[str] | None = None, *, writer: type[WriteLatest] = WriteLatest
+    ) -> dict[str, int]:
+        """Each view resumes from where its last materialization (into the active snapshot) ended."""
+        namespace = self.online.active_snapshot()
+        selected = self._views(views)
+        for view in selected:
+            self._check_source(view, require_table=True)
         written: dict[str, int] = {}
-        for view in self.list_feature_views():
-            if views is not None and view.name not in views:
-                continue
-            last = self.online.get_meta(f"materialized_until:{view.name}")
-            start = None if last is None else pd.Timestamp(int(last), tz="UTC").to_pydatetime()
-            written.update(self.materialize(start, end, views=[view.name]))
+        for view in selected:
+            start = self.materialized_until(view.name, namespace)
+            written.update(self.materialize(start, end, views=[view.name], snapshot=namespace, writer=writer))
         return written
+
+    def freshness(self, view_name: str) -> Freshness:
+        """Newest event in the offline table (from Delta's file statistics) and the online watermark."""
+        view = self.registry.feature_view(view_name)
+        latest = None
+        if self.offline.exists(view.source.table):
+            latest = self.offline.max_timestamp(view.source.table, view.source.timestamp_field)
+        return Freshness(latest, self.materialized_until(view_name))
+
+    # ---- online data rollout ---------------------------------------------
+    def load_snapshot(self, end: datetime, views: list[str] | None = None) -> str:
+        """Materialize everything up to ``end`` into a new snapshot that no reader sees yet."""
+        sid = snapshots.new_snapshot_id()
+        snapshots.record(self.online, sid, end.isoformat(), "loading")
+        try:
+            self.materialize(None, end, views, snapshot=sid)
+        except BaseException:
+            self.online.drop_snapshot(sid)
+            snapshots.record(self.online, sid, end.isoformat(), "failed")
+            raise
+        snapshots.record(self.online, sid, end.isoformat(), "ready")
+        return sid
+
+    def activate_snapshot(self, snapshot: str) -> str:
+        """Switch every reader to ``snapshot`` at once; returns the id served before."""
+        return snapshots.activate(self.online, snapshot)
+
+    def rollback_snapshot(self) -> str:
+        """Switch back to the previously active snapshot; returns its id."""
+        return snapshots.rollback(self.online)
+
+    def list_snapshots(self) -> list[snapshots.SnapshotInfo]:
+        return snapshots.listing(self.online)
 
     def push(self, view_name: str, rows: pd.DataFrame, to_offline: bool = True) -> int:
         """Write fresh rows (e.g. from a stream) online, and append them offline for training."""
         view = self.registry.feature_view(view_name)
         if to_offline:
             self.offline.write_pandas(view.source.table, rows, mode="append")
-        return self.online.write_batch(view.name, latest_rows(rows, view))
+        return self.online.write_batch(view.name, latest_rows(rows, view), self.online.active_snapshot())

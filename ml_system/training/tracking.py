@@ -38,6 +38,8 @@ class RegisteredModel:
     source: str
     tags: dict[str, str]
     aliases: list[str]
+    stage: str = ""
+    """MLflow's (legacy) stage; "Archived" marks a version that no longer serves."""
 
 
 def client(config: MlflowConfig) -> MlflowClient:
@@ -102,6 +104,7 @@ def resolve(
         source=mv.source,
         tags=dict(mv.tags or {}),
         aliases=list(getattr(mv, "aliases", []) or []),
+        stage=mv.current_stage or "",
     )
 
 
@@ -117,8 +120,17 @@ def list_versions(config: MlflowConfig, model_name: str | None = None) -> list[R
             for alias, version in (c.get_registered_model(mv.name).aliases or {}).items():
                 by_version.setdefault(str(version), []).append(alias)
             aliases[mv.name] = by_version
-        out.append(RegisteredModel(mv.name, str(mv.version), mv.run_id or "", mv.source, dict(mv.tags or {}),
-                                   sorted(aliases[mv.name].get(str(mv.version), []))))
+        out.append(
+            RegisteredModel(
+                mv.name,
+                str(mv.version),
+                mv.run_id or "",
+                mv.source,
+                dict(mv.tags or {}),
+                sorted(aliases[mv.name].get(str(mv.version), [])),
+                mv.current_stage or "",
+            )
+        )
     return sorted(out, key=lambda m: (m.name, int(m.version)))
 
 

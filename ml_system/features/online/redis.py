@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from ml_system.features.online.base import OnlineRow, OnlineStore
+from ml_system.errors import StoreError
+from ml_system.features.online.base import BASE, OnlineRow, OnlineStore, check_snapshot_id
 
 _UPSERT_IF_NEWER = """
 local written = 0
@@ -40,23 +41,26 @@ class RedisOnlineStore(OnlineStore):
         self._client = redis.Redis.from_url(url)
         self._upsert = self._client.register_script(_UPSERT_IF_NEWER)
 
-    def _key(self, view: str, key: str) -> str:
-        return f"{self.prefix}:{view}:{key}"
+    def _space(self, snapshot: str) -> str:
+        """Key prefix of a namespace: ``mlsys`` for the base one, ``mlsys@<snapshot>`` for a snapshot."""
+        return self.prefix if snapshot == BASE else f"{self.prefix}@{check_snapshot_id(snapshot)}"
 
-    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]]) -> int:
+    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
+        space = self._space(snapshot)
         written = 0
         for start in range(0, len(rows), 1000):
             chunk = rows[start : start + 1000]
-            keys = [self._key(view, k) for k, _, _, _ in chunk]
+            keys = [f"{space}:{view}:{k}" for k, _, _, _ in chunk]
             args = [f"{ev:020d}{cr:020d}{json.dumps(values)}" for _, ev, cr, values in chunk]
             self._upsert(keys=keys, args=args)
             written += len(chunk)
         return written
 
-    def read(self, view: str, keys: Sequence[str]) -> list[OnlineRow | None]:
+    def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
         if not keys:
             return []
-        raw = self._client.mget([self._key(view, k) for k in keys])
+        space = self._space(snapshot)
+        raw = self._client.mget([f"{space}:{view}:{k}" for k in keys])
         out: list[OnlineRow | None] = []
         for item in raw:
             if item is None:
@@ -71,6 +75,21 @@ class RedisOnlineStore(OnlineStore):
 
     def set_meta(self, name: str, value: str) -> None:
         self._client.hset(f"{self.prefix}:meta", name, value)
+
+    def set_meta_many(self, values: dict[str, str]) -> None:
+        self._client.hset(f"{self.prefix}:meta", mapping=values)  # one HSET: atomic in Redis
+
+    def drop_snapshot(self, snapshot: str) -> None:
+        if check_snapshot_id(snapshot) == BASE:
+            raise StoreError("the base namespace is not a snapshot and cannot be dropped")
+        batch: list[bytes] = []
+        for key in self._client.scan_iter(match=f"{self._space(snapshot)}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                self._client.unlink(*batch)
+                batch = []
+        if batch:
+            self._client.unlink(*batch)
 
     def close(self) -> None:
         self._client.close()

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ml_system.errors import StoreError
-from ml_system.features.online.base import OnlineRow, OnlineStore
+from ml_system.features.online.base import BASE, OnlineRow, OnlineStore, check_snapshot_id
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _table(view: str) -> str:
+def _table(view: str, snapshot: str = BASE) -> str:
     if not _NAME.match(view):
         raise StoreError(f"view name '{view}' cannot be used as an online table name")
-    return f"fv_{view}"
+    return f"fv_{view}" if snapshot == BASE else f"fv_{view}__{check_snapshot_id(snapshot)}"
 
 
 class SqliteOnlineStore(OnlineStore):
@@ -45,8 +45,8 @@ class SqliteOnlineStore(OnlineStore):
             self._local.conn = conn
         return conn
 
-    def _ensure_table(self, view: str) -> str:
-        table = _table(view)
+    def _ensure_table(self, view: str, snapshot: str = BASE) -> str:
+        table = _table(view, snapshot)
         if table not in self._known:
             self._conn().execute(
                 f"CREATE TABLE IF NOT EXISTS {table} (entity_key TEXT PRIMARY KEY, "
@@ -55,8 +55,8 @@ class SqliteOnlineStore(OnlineStore):
             self._known.add(table)
         return table
 
-    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]]) -> int:
-        table = self._ensure_table(view)
+    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
+        table = self._ensure_table(view, snapshot)
         conn = self._conn()
         params = [(key, ev, cr, json.dumps(values)) for key, ev, cr, values in rows]
         conn.execute("BEGIN IMMEDIATE")
@@ -75,8 +75,8 @@ class SqliteOnlineStore(OnlineStore):
             raise
         return len(params)
 
-    def read(self, view: str, keys: Sequence[str]) -> list[OnlineRow | None]:
-        table = self._ensure_table(view)
+    def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
+        table = self._ensure_table(view, snapshot)
         unique = list(dict.fromkeys(keys))
         found: dict[str, OnlineRow] = {}
         conn = self._conn()
@@ -99,6 +99,34 @@ class SqliteOnlineStore(OnlineStore):
             "INSERT INTO mlsys_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
             (name, value),
         )
+
+    def set_meta_many(self, values: dict[str, str]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO mlsys_meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                list(values.items()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def drop_snapshot(self, snapshot: str) -> None:
+        if check_snapshot_id(snapshot) == BASE:
+            raise StoreError("the base namespace is not a snapshot and cannot be dropped")
+        conn = self._conn()
+        suffix = f"__{snapshot}"
+        tables = [
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'fv_%'")
+            if name.endswith(suffix)
+        ]
+        for table in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            self._known.discard(table)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -49,7 +49,7 @@ def train(
     ts = training_set.build_training_set(store)
     if on_stage:
         on_stage("tuning")
-    return train_and_register(
+    report = train_and_register(
         config,
         train=ts.split("train"),
         valid=ts.split("valid"),
@@ -63,6 +63,11 @@ def train(
         num_boost_round=num_boost_round,
         on_trial_done=on_trial_done,
     )
+    # the feature registry must know this model reads the service's views before any is retired
+    store.registry.record_consumer(
+        features.flight_delay_service.name, report.model_name, report.model_version, by="training"
+    )
+    return report
 
 
 def materialize(
