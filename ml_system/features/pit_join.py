@@ -126,7 +126,8 @@ def asof_positions(
     matches); times are int64 nanoseconds. Right rows are ranked by
     (event, created, position); each row then carries the best rank visible
     so far in its group (in visibility order), exact visibility ties keep
-    their last row, and polars' sorted as-of search finds, per left row, the
+    their last row (a shift comparison on rows sorted by visibility then key:
+    ``unique`` took half the search time), and polars' sorted as-of search finds, per left row, the
     last right row visible at t. Without ``bitemporal`` visibility is the event
     time and the best rank is the row's own.
     """
@@ -142,14 +143,16 @@ def asof_positions(
         by_event = right.sort(["ts", "cr", "pos"]).with_row_index("rank").with_columns(pl.col("rank").cast(pl.Int64))
         right = (
             by_event.with_columns(vis=pl.max_horizontal("ts", "cr"))
-            .sort(["vis", "rank"])
+            .sort(["vis", "g", "rank"])
             .with_columns(best=pl.col("rank").cum_max().over("g"))
         )
         rank_to_pos = by_event["pos"].to_numpy()
     else:
-        right = right.rename({"ts": "vis"}).sort(["vis", "cr", "pos"]).with_columns(best=pl.col("pos"))
+        right = right.rename({"ts": "vis"}).sort(["vis", "g", "cr", "pos"]).with_columns(best=pl.col("pos"))
         rank_to_pos = None
-    right = right.select("g", "vis", "best").unique(subset=["g", "vis"], keep="last", maintain_order=True)
+    # exact (key, visibility) ties sit next to each other: keep the last, which carries the winner
+    tied_with_next = (pl.col("g") == pl.col("g").shift(-1)) & (pl.col("vis") == pl.col("vis").shift(-1))
+    right = right.select("g", "vis", "best").filter(~tied_with_next.fill_null(False))
     left = pl.DataFrame({"g": left_codes, "t": left_t, "i": np.arange(len(left_codes), dtype=np.int64)}).sort("t")
     joined = left.join_asof(right, left_on="t", right_on="vis", by="g", strategy="backward", check_sortedness=False)
     rows = joined["i"].to_numpy()
