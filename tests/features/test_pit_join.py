@@ -155,6 +155,18 @@ def test_time_travel_returns_the_same_rows_after_an_append(store: FeatureStore) 
     assert again["rate"].iloc[0] == first["rate"].iloc[0] == 0.4
 
 
+def test_bitemporal_ignores_rows_written_after_t(store: FeatureStore) -> None:
+    # the two 2024-01-02 rows were written at 01:00 and 02:00: at 01:30 only the first was known
+    df = entity([(1, "nyc", "2024-01-02 01:30"), (1, "nyc", "2024-01-02 03:00")])
+    plain = store.get_historical_features(df, ["driver_stats:rate"])
+    assert plain["rate"].tolist() == [0.3, 0.3]
+    known = store.get_historical_features(df, ["driver_stats:rate", "driver_city:city_rate"], bitemporal=True)
+    assert known["rate"].tolist() == [0.2, 0.3]
+    assert known["city_rate"].tolist() == [1.0, 1.0]
+    as_dataset = store.get_historical_features(ray.data.from_pandas(df), ["driver_stats:rate"], bitemporal=True)
+    assert sorted(as_dataset.to_pandas()["rate"].tolist()) == [0.2, 0.3]
+
+
 def test_bad_input_is_refused_with_the_name(store: FeatureStore) -> None:
     naive = entity([(1, "nyc", "2024-01-02")])
     naive["event_timestamp"] = naive["event_timestamp"].dt.tz_localize(None)

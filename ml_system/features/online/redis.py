@@ -1,15 +1,21 @@
 """Redis online store for production.
 
-Layout: one string key per (view, entity) holding the whole row: event and
-created timestamps as 20-digit zero-padded numbers, then the values as JSON, so a batch lookup is one ``MGET`` (measured
-here 7x faster than pipelined hashes for 100 rows). Writes go through a Lua
-script so "newer row wins" is decided atomically inside Redis, which keeps
-parallel materialization idempotent.
+Layout: one string key ``{prefix}:{view}:{entity_key}`` per (view, entity)
+holding the whole row: the event and created timestamps (nanoseconds, UTC) as
+20-digit zero-padded ASCII numbers, then the values as one MessagePack array
+(``codec.py``). A batch lookup is one ``MGET`` (measured here 7x faster than
+pipelined hashes for 100 rows). The fixed-width digits let the Lua upsert
+compare recency as strings, inside Redis and atomically, which keeps parallel
+materialization idempotent (Lua numbers are doubles and would round
+nanoseconds).
+
+The read path builds keys from a per-view prefix kept across calls and cuts
+each reply with slices, because at one row the Python around the round trip
+costs as much as the round trip itself.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +23,7 @@ import redis
 
 from ml_system.errors import StoreError
 from ml_system.features.online.base import BASE, OnlineRow, OnlineStore, check_snapshot_id
+from ml_system.features.online.codec import pack_values, unpack_values
 
 _UPSERT_IF_NEWER = """
 local written = 0
@@ -34,12 +41,21 @@ return written
 """
 
 
+def encode_row(event_ts: int, created_ts: int, values: list[Any]) -> bytes:
+    return b"%020d%020d" % (event_ts, created_ts) + pack_values(values)
+
+
+def decode_row(item: bytes) -> OnlineRow:
+    return OnlineRow(int(item[:20]), int(item[20:40]), unpack_values(memoryview(item)[40:]))
+
+
 class RedisOnlineStore(OnlineStore):
     def __init__(self, url: str, prefix: str = "mlsys") -> None:
         self.url = url
         self.prefix = prefix
         self._client = redis.Redis.from_url(url)
         self._upsert = self._client.register_script(_UPSERT_IF_NEWER)
+        self._view_prefix: dict[tuple[str, str], str] = {}
 
     def _space(self, snapshot: str) -> str:
         """Key prefix of a namespace: ``mlsys`` for the base one, ``mlsys@<snapshot>`` for a snapshot."""
@@ -51,7 +67,7 @@ class RedisOnlineStore(OnlineStore):
         for start in range(0, len(rows), 1000):
             chunk = rows[start : start + 1000]
             keys = [f"{space}:{view}:{k}" for k, _, _, _ in chunk]
-            args = [f"{ev:020d}{cr:020d}{json.dumps(values)}" for _, ev, cr, values in chunk]
+            args = [encode_row(ev, cr, values) for _, ev, cr, values in chunk]
             self._upsert(keys=keys, args=args)
             written += len(chunk)
         return written
@@ -59,15 +75,11 @@ class RedisOnlineStore(OnlineStore):
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
         if not keys:
             return []
-        space = self._space(snapshot)
-        raw = self._client.mget([f"{space}:{view}:{k}" for k in keys])
-        out: list[OnlineRow | None] = []
-        for item in raw:
-            if item is None:
-                out.append(None)
-            else:
-                out.append(OnlineRow(int(item[:20]), int(item[20:40]), json.loads(item[40:])))
-        return out
+        head = self._view_prefix.get((snapshot, view))
+        if head is None:
+            head = self._view_prefix[(snapshot, view)] = f"{self._space(snapshot)}:{view}:"
+        raw = self._client.execute_command("MGET", *[head + k for k in keys])
+        return [None if item is None else decode_row(item) for item in raw]
 
     def get_meta(self, name: str) -> str | None:
         value = self._client.hget(f"{self.prefix}:meta", name)

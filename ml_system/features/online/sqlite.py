@@ -1,13 +1,18 @@
 """SQLite online store: the embedded default, like Feast's local mode.
 
-One table per view, the values of a row packed in one JSON column so a lookup
-is a primary-key probe that returns every feature at once. WAL mode lets the
-serving replicas read while materialization writes.
+One table per view, ``fv_{view}(entity_key TEXT PRIMARY KEY, event_ts
+INTEGER, created_ts INTEGER, payload)``: timestamps are nanoseconds (UTC) and
+the payload is the row's values as one MessagePack BLOB (``codec.py``), so a
+lookup is one primary-key probe that returns every feature at once. WAL mode
+lets the serving replicas read while materialization writes.
+
+The read path keeps its SQL strings per (table, key count): sqlite3 caches
+prepared statements by their text, so a repeated lookup prepares nothing, and
+a single key uses ``=`` rather than ``IN``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import threading
@@ -17,6 +22,7 @@ from typing import Any
 
 from ml_system.errors import StoreError
 from ml_system.features.online.base import BASE, OnlineRow, OnlineStore, check_snapshot_id
+from ml_system.features.online.codec import pack_values, unpack_values
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -33,13 +39,16 @@ class SqliteOnlineStore(OnlineStore):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._known: set[str] = set()
+        self._select: dict[tuple[str, str, int], str] = {}
         with self._conn() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS mlsys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=60, isolation_level=None, check_same_thread=False, cached_statements=512
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
@@ -58,7 +67,7 @@ class SqliteOnlineStore(OnlineStore):
     def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
         table = self._ensure_table(view, snapshot)
         conn = self._conn()
-        params = [(key, ev, cr, json.dumps(values)) for key, ev, cr, values in rows]
+        params = [(key, ev, cr, pack_values(values)) for key, ev, cr, values in rows]
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
@@ -75,19 +84,26 @@ class SqliteOnlineStore(OnlineStore):
             raise
         return len(params)
 
+    def _select_sql(self, view: str, count: int, snapshot: str = BASE) -> str:
+        sql = self._select.get((snapshot, view, count))
+        if sql is None:
+            table = self._ensure_table(view, snapshot)
+            where = "entity_key = ?" if count == 1 else f"entity_key IN ({','.join('?' * count)})"
+            sql = f"SELECT entity_key, event_ts, created_ts, payload FROM {table} WHERE {where}"
+            self._select[(snapshot, view, count)] = sql
+        return sql
+
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
-        table = self._ensure_table(view, snapshot)
+        conn = self._conn()
+        if len(keys) == 1:
+            hit = conn.execute(self._select_sql(view, 1, snapshot), (keys[0],)).fetchone()
+            return [None if hit is None else OnlineRow(hit[1], hit[2], unpack_values(hit[3]))]
         unique = list(dict.fromkeys(keys))
         found: dict[str, OnlineRow] = {}
-        conn = self._conn()
         for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
             chunk = unique[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            for key, ev, cr, payload in conn.execute(
-                f"SELECT entity_key, event_ts, created_ts, payload FROM {table} WHERE entity_key IN ({marks})",
-                chunk,
-            ):
-                found[key] = OnlineRow(ev, cr, json.loads(payload))
+            for key, ev, cr, payload in conn.execute(self._select_sql(view, len(chunk), snapshot), chunk):
+                found[key] = OnlineRow(ev, cr, unpack_values(payload))
         return [found.get(k) for k in keys]
 
     def get_meta(self, name: str) -> str | None:
