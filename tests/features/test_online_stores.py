@@ -124,7 +124,11 @@ def test_rows_in_the_first_json_format_still_read(tmp_path: Path, redis_url: str
 
 
 def test_one_round_trip_per_view(tmp_path: Path, redis_url: str) -> None:
-    """Observed on the servers' side: Redis command stats, SQLite's statement trace."""
+    """Observed on the servers' side: Redis command stats, SQLite's statement trace.
+
+    Every request also reads the online snapshot pointer once (``active_snapshot``), so
+    that all of its views answer from the same snapshot.
+    """
     prefix = f"t{uuid.uuid4().hex[:8]}"
     store = RedisOnlineStore(redis_url, prefix=prefix)
     store.write_batch("stats", [(str(i), NOW.value, 0, [1.0, 1, "a"]) for i in range(100)])
@@ -138,6 +142,7 @@ def test_one_round_trip_per_view(tmp_path: Path, redis_url: str) -> None:
     assert out.values["city_rate"] == [1.0] * 100
     calls = {name: s["calls"] for name, s in stats_after.items()}
     assert calls.pop("cmdstat_mget") == 2
+    assert calls.pop("cmdstat_hget") == 1  # the snapshot pointer, read once per request for all views
     assert all(name.startswith("cmdstat_config") for name in calls)  # nothing else but our own RESETSTAT
     store.close()
     admin.close()
@@ -151,5 +156,7 @@ def test_one_round_trip_per_view(tmp_path: Path, redis_url: str) -> None:
         rows, now=NOW.to_pydatetime()
     )
     assert out.values["trips"] == [1] * 100
-    assert len(statements) == 2 and all(s.startswith("SELECT") for s in statements)
+    # the snapshot pointer once per request, then one query per view
+    assert len(statements) == 3 and all(s.startswith("SELECT") for s in statements)
+    assert "mlsys_meta" in statements[0]
     sqlite.close()
