@@ -130,7 +130,7 @@ def run_quickstart(
     table.add_row("model", f"{report.model_name} v{report.model_version} (alias champion), {report.trials} trials")
     table.add_row("validation AUC (Nov)", f"{report.valid_auc:.4f}")
     table.add_row("test AUC (Dec)", f"{report.test_auc:.4f}")
-    table.add_row("online rows written", ", ".join(f"{k}={v}" for k, v in written.items()))
+    table.add_row("online upserts (per block)", ", ".join(f"{k}={v}" for k, v in written.items()))
     table.add_row(
         "serving latency",
         f"p50 {probe.p50_ms:.1f} ms, p99 {probe.p99_ms:.1f} ms ({probe.requests} requests, {probe.errors} errors)",
