@@ -84,8 +84,8 @@ class OnlineFeatureReader:
         else:
             clocks = [_epoch_ns(now or datetime.now(UTC))] * n
         out = OnlineFeatures()
-        snapshot = self.store.active_snapshot()  # once per request: every view answers from one snapshot
-        for view_name, join_keys, ttl_ns, feats in self._steps:
+        requests: list[tuple[str, list[str]]] = []
+        for view_name, join_keys, _, _ in self._steps:
             try:
                 if len(join_keys) == 1:
                     only = join_keys[0]
@@ -97,7 +97,10 @@ class OnlineFeatureReader:
                 raise EntityDataError(
                     f"entity row {missing} lacks join key '{exc.args[0]}' needed by view '{view_name}'"
                 ) from None
-            rows = self.store.read(view_name, keys, snapshot)
+            requests.append((view_name, keys))
+        # every view from the one snapshot active now (Redis: pointer and all views in one round trip)
+        answers = self.store.read_views(requests)
+        for (_, _, ttl_ns, feats), rows in zip(self._steps, answers, strict=True):
             if ttl_ns is None:
                 statuses = [NOT_FOUND if row is None else PRESENT for row in rows]
             else:

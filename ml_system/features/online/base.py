@@ -83,5 +83,14 @@ class OnlineStore(ABC):
         """The namespace readers use now; resolve once per request."""
         return self.get_meta(ACTIVE_SNAPSHOT) or BASE
 
+    def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
+        """Read several views from the namespace active *now*, all from the same one.
+
+        The default resolves the pointer, then reads view by view; a backend
+        with server-side scripting can do both in one round trip.
+        """
+        snapshot = self.active_snapshot()
+        return [self.read(view, keys, snapshot) for view, keys in requests]
+
     def close(self) -> None:  # noqa: B027 - optional for backends without connections
         """Release connections."""

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from ml_system.errors import StoreError
-from ml_system.features.online.base import BASE, OnlineRow, OnlineStore, check_snapshot_id
+from ml_system.features.online.base import ACTIVE_SNAPSHOT, BASE, OnlineRow, OnlineStore, check_snapshot_id
 from ml_system.features.online.codec import pack_values, unpack_values
 
 _UPSERT_IF_NEWER = """
@@ -49,12 +49,37 @@ def decode_row(item: bytes) -> OnlineRow:
     return OnlineRow(int(item[:20]), int(item[20:40]), unpack_values(memoryview(item)[40:]))
 
 
+# Resolve the snapshot pointer and MGET every view of a request in one round
+# trip: the pointer is read inside the script, so all views come from one
+# namespace even while a switch is happening. ARGV: meta field, base prefix,
+# then per view its name, its key count and its keys. (Keys built inside a
+# script suit a single Redis server or a replica set, not Redis Cluster.)
+_READ_VIEWS = """
+local ptr = redis.call('HGET', KEYS[1], ARGV[1])
+local space = ARGV[2]
+if ptr and ptr ~= '' then space = space .. '@' .. ptr end
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local view = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  local keys = {}
+  for j = 1, n do keys[j] = space .. ':' .. view .. ':' .. ARGV[i + 1 + j] end
+  if n > 0 then out[#out + 1] = redis.call('MGET', unpack(keys)) else out[#out + 1] = {} end
+  i = i + 2 + n
+end
+return out
+"""
+_SCRIPT_MAX_KEYS = 4000  # Lua's unpack() limit is about 8,000 values
+
+
 class RedisOnlineStore(OnlineStore):
     def __init__(self, url: str, prefix: str = "mlsys") -> None:
         self.url = url
         self.prefix = prefix
         self._client = redis.Redis.from_url(url)
         self._upsert = self._client.register_script(_UPSERT_IF_NEWER)
+        self._read_views = self._client.register_script(_READ_VIEWS)
         self._view_prefix: dict[tuple[str, str], str] = {}
 
     def _space(self, snapshot: str) -> str:
@@ -80,6 +105,18 @@ class RedisOnlineStore(OnlineStore):
             head = self._view_prefix[(snapshot, view)] = f"{self._space(snapshot)}:{view}:"
         raw = self._client.execute_command("MGET", *[head + k for k in keys])
         return [None if item is None else decode_row(item) for item in raw]
+
+    def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
+        """Pointer and every view in one round trip (see ``_READ_VIEWS``)."""
+        if sum(len(keys) for _, keys in requests) > _SCRIPT_MAX_KEYS:
+            return super().read_views(requests)
+        args: list[str | int] = [ACTIVE_SNAPSHOT, self.prefix]
+        for view, keys in requests:
+            args.append(view)
+            args.append(len(keys))
+            args.extend(keys)
+        replies = self._read_views(keys=[f"{self.prefix}:meta"], args=args)
+        return [[None if item is None else decode_row(item) for item in reply] for reply in replies]
 
     def get_meta(self, name: str) -> str | None:
         value = self._client.hget(f"{self.prefix}:meta", name)
