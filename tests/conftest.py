@@ -30,7 +30,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=2, object_store_memory=800_000_000, include_dashboard=False, log_to_driver=False)
+    # address="local": a new cluster of our own, never one that another process on this machine started
+    ray.init(address="local", num_cpus=2, object_store_memory=800_000_000, include_dashboard=False, log_to_driver=False)
     yield
     try:
         from ray import serve
@@ -73,3 +74,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def served_home(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
+    """A small trained platform home (features, 1 trial x 50 rounds, online store at the demo cut-off).
+
+    Built once per session (a few minutes on 2 cores). ``MLSYS_TEST_SERVED_HOME``
+    names an already built home to reuse while developing.
+    """
+    from ml_system.usecases.flights import pipeline
+
+    reuse = os.environ.get("MLSYS_TEST_SERVED_HOME")
+    if reuse and (Path(reuse) / "online.db").exists():
+        return make_config(Path(reuse))
+    config = make_config(tmp_path_factory.mktemp("served") / "mlsys")
+    pipeline.build_features(config)
+    # one trial: with two, ASHA can stop the best one before its only checkpoint (at the end); see tune_xgb
+    pipeline.train(config, num_samples=1, num_boost_round=50)
+    pipeline.materialize(config, end=pipeline.DEMO_CUTOFF.to_pydatetime())
+    return config
