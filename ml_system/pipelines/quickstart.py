@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ml_system.cluster import connect
 from ml_system.config import PlatformConfig
-from ml_system.serving.deploy import ha_proxy_env, run_app
+from ml_system.serving.deploy import fast_serving_env, run_app
 from ml_system.usecases.flights import pipeline
 from ml_system.usecases.flights.serve_app import build_app, flights_from_frame
 
@@ -65,7 +65,7 @@ def run_quickstart(
         task = stage("Ray cluster")
         # The fast Serve ingress (HAProxy, BRIEF §6) is chosen when the cluster starts; it takes effect
         # if this starts a local one, and changes nothing on a cluster that is already running.
-        for key, value in ha_proxy_env(Path(config.home) / "haproxy").items():
+        for key, value in fast_serving_env(Path(config.home) / "haproxy").items():
             os.environ.setdefault(key, value)
         dashboard = connect(config.ray)
         done(task, "ray", t0)

@@ -5,7 +5,7 @@ only scores pays for none of Serve's deploy machinery; the main names are here.
 """
 
 from ml_system.serving.cache import TTLCache
-from ml_system.serving.deploy import deploy_config, ha_proxy_env, run_app
+from ml_system.serving.deploy import deploy_config, fast_serving_env, run_app
 from ml_system.serving.feature_cache import CachingOnlineStore, data_version
 from ml_system.serving.model_deployment import BatchedBooster, BatchingConfig, XGBoostModel, select_device
 
@@ -17,7 +17,7 @@ __all__ = [
     "XGBoostModel",
     "data_version",
     "deploy_config",
-    "ha_proxy_env",
+    "fast_serving_env",
     "run_app",
     "select_device",
 ]
