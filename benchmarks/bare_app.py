@@ -1,9 +1,9 @@
 """The baseline of ``serve_load.py``: one uvicorn process, no Ray, the same lookup and prediction.
 
 It reuses the app's own pieces (body limit, pydantic-core parsing, the
-``FlightScorer`` feature assembly and the booster, JSON out), so the benchmark
+``FlightScorer.score_now`` for features and model, JSON out), so the benchmark
 measures what Serve adds, not a difference in handler code. Scoring is per
-request (``score_now``): a bare process has nothing to batch with.
+request: a plain process has no ``@serve.batch`` to gather requests with.
 
     MLSYS_HOME=... BARE_USER_CONFIG='{...}' python -m uvicorn benchmarks.bare_app:app --port 8011
 """
@@ -37,9 +37,7 @@ async def predict(request: Request) -> Response:
     except HTTPProblem as problem:
         return problem_response(problem)
     flights = payload.flights
-    scorer.online.refresh()
-    matrix, missing = scorer.assemble([_row(f) for f in flights])
-    probs = scorer.model.score_now(matrix).tolist()
+    probs, missing = scorer.score_now([_row(f) for f in flights])
     preds = [
         {
             "carrier": f.carrier,

@@ -6,7 +6,9 @@ the registered XGBoost model) and are driven by ``wrk`` with a Lua script at
 32 and 128 connections:
 
 - ``bare``: one uvicorn process, no Ray (``benchmarks/bare_app.py``), the baseline;
-- ``serve``: the shipped configuration: HAProxy ingress, fused topology, ``@serve.batch``;
+- ``serve``: the shipped configuration: HAProxy ingress and Serve's throughput mode, fused
+  topology, ``@serve.batch``, ``--replicas`` replicas (2: what the shipped autoscaling target of
+  16 ongoing requests per replica holds at 32 connections);
 - ``naive``: the same app on Serve's default proxy with batching off.
 
 Caches are off in every setup (a rotating set of flights would be answered
@@ -54,7 +56,7 @@ def free_port() -> int:
 
 
 # ---- child: one Serve setup on its own local cluster -------------------------------------------
-def run_child(setup: str, home: str, port: int) -> None:
+def run_child(setup: str, home: str, port: int, replicas: int) -> None:
     spec = SETUPS[setup]
     if spec["ha_proxy"]:
         from ml_system.serving.deploy import fast_serving_env
@@ -69,7 +71,7 @@ def run_child(setup: str, home: str, port: int) -> None:
 
     ray.init(address="local", num_cpus=2, object_store_memory=500_000_000, include_dashboard=False, log_to_driver=False)
     try:
-        app = build_app({"home": home, "user_config": spec["user_config"]})
+        app = build_app({"home": home, "user_config": spec["user_config"], "num_replicas": replicas})
         url = run_app(app, "flight_delay", ServingConfig(host="127.0.0.1", port=port))
         print(f"READY {url}", flush=True)
         sys.stdin.readline()  # the parent closes stdin when done
@@ -145,7 +147,7 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} did not become healthy")
 
 
-def start(setup: str, home: str) -> tuple[subprocess.Popen[str], str]:
+def start(setup: str, home: str, replicas: int) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     env = {**os.environ, "MLSYS_HOME": home, "PYTHONPATH": str(ROOT)}
     if setup == "bare":
@@ -156,7 +158,8 @@ def start(setup: str, home: str) -> tuple[subprocess.Popen[str], str]:
         url = f"http://127.0.0.1:{port}"
         wait_http(url)
         return proc, url
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", setup, "--home", home, "--port", str(port)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", setup, "--home", home, "--port", str(port),
+           "--replicas", str(replicas if setup == "serve" else 1)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -211,11 +214,14 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MLSYS_HOME"))
     parser.add_argument("--quick", action="store_true", help="5 s per run, 1 round (a few minutes in all)")
     parser.add_argument("--connections", default="32,128")
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="replicas of the project's endpoint (what autoscaling holds at c=32)"
+    )
     parser.add_argument("--child", choices=sorted(SETUPS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_child(args.child, args.home, args.port)
+        run_child(args.child, args.home, args.port, args.replicas)
         return
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (apt-get install wrk; scripts/setup.sh does it)")
@@ -224,23 +230,26 @@ def main() -> None:
     home = ensure_home(args.home)
     script = lua_script(demo_rows(home, hours=6), Path(tempfile.mkdtemp()) / "post.lua")
     runs: list[Run] = []
-    for setup in ("bare", "serve", "naive"):
-        proc, url = start(setup, home)
-        try:
-            wrk(url, script, conns[0], warmup)
-            for _ in range(rounds):
+    for _ in range(rounds):  # setups alternate round by round, so drift on a shared machine hits all of them
+        for setup in ("bare", "serve", "naive"):
+            proc, url = start(setup, home, args.replicas)
+            try:
+                wrk(url, script, conns[0], warmup)
                 for c in conns:
                     rps, p50, p99, errors = wrk(url, script, c, duration)
                     runs.append(Run(setup, c, rps, p50, p99, errors))
                     print(f"  {setup:6s} c={c:<4d} {rps:8.0f} req/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  "
                           f"errors {errors}", flush=True)  # fmt: skip
-        finally:
-            stop(proc)
+            finally:
+                stop(proc)
 
     def med(setup: str, c: int, field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs if r.setup == setup and r.connections == c)
 
-    print(f"\nserve_load ({'quick' if args.quick else 'full'}: {rounds} round(s) of {duration} s, wrk -t1, medians)")
+    print(
+        f"\nserve_load ({'quick' if args.quick else 'full'}: {rounds} round(s) of {duration} s, wrk -t1, medians; "
+        f"bare: 1 uvicorn process, serve: {args.replicas} replica(s), naive: 1 replica)"
+    )
     print(f"{'setup':8s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'vs bare':>8s}")
     for setup in ("bare", "serve", "naive"):
         for c in conns:

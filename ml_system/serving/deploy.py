@@ -10,6 +10,7 @@ faster than the default proxy (BRIEF §6), with Serve's throughput mode.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def fast_serving_env(state_dir: str | Path) -> dict[str, str]:
     base = min(_free_port(), 65_400)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # HAProxy's default of 4 threads competes with the replicas on small nodes
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 2) // 2))),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 49),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 50),

@@ -5,7 +5,8 @@ on-demand features, batched XGBoost, prediction cache):
 
 - ``fused`` (default, fastest): the ingress replica holds the scorer in-process.
   A single-row request costs no extra actor hop, and ``@serve.batch`` still
-  gathers concurrent requests of the replica into one model call.
+  gathers concurrent requests of the replica into one feature lookup per view
+  and one model call.
 - ``split``: a thin ingress calls ``FlightScorerDeployment`` through a handle,
   so the scorer scales and is placed on its own (a fractional GPU), and the
   ``x-session-id`` header reaches its request router: with the
@@ -140,7 +141,10 @@ class FlightScorer:
         self.model.enable_metrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.model.configure_batching(BatchingConfig.from_user_config(user_config))
+        batching = BatchingConfig.from_user_config(user_config)
+        self.model.configure_batching(batching)
+        self._score_batch.set_max_batch_size(batching.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         entries = int(user_config.get("cache_max_entries", 100_000))
         self.feature_cache.resize(float(user_config.get("feature_cache_ttl_s", 0)), entries)
         self.prediction_cache.resize(float(user_config.get("prediction_cache_ttl_s", 0)), entries)
@@ -178,7 +182,34 @@ class FlightScorer:
         return matrix, missing
 
     async def score(self, rows: list[FlightRow]) -> tuple[list[float], list[list[str]]]:
-        """Probabilities and missing feature views per row, in order."""
+        """Probabilities and missing feature views per row, in order.
+
+        Concurrent requests are gathered by ``@serve.batch`` and answered
+        together: one data-version probe, one store query per view and one
+        model call for all of them. On CPU the feature lookup, not the trees,
+        is what batching saves most. A request that is a batch already skips
+        the queue.
+        """
+        parent = tracing.current()
+        batching = self.model.batching
+        if not batching.enabled or len(rows) >= batching.max_batch_size:
+            return self.score_now(rows, [parent])
+        return await self._score_batch(rows, parent)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _score_batch(
+        self, requests: list[list[FlightRow]], parents: list[Any]
+    ) -> list[tuple[list[float], list[list[str]]]]:
+        probs, missing = self.score_now([row for rows in requests for row in rows], parents)
+        out = []
+        start = 0
+        for rows in requests:
+            out.append((probs[start : start + len(rows)], missing[start : start + len(rows)]))
+            start += len(rows)
+        return out
+
+    def score_now(self, rows: list[FlightRow], parents: list[Any] | None = None) -> tuple[list[float], list[list[str]]]:
+        """Score ``rows`` in this call (what a batch, or a bare process, runs)."""
         data_version = self.online.refresh()
         probs: list[float] = [0.0] * len(rows)
         missing: list[list[str]] = [[] for _ in rows]
@@ -195,20 +226,19 @@ class FlightScorer:
                 else:
                     probs[i], missing[i] = hit
         if todo:
-            tracer = tracing.tracer()
-            with tracer.start_as_current_span("features", attributes={"rows": len(todo)}):
+            with tracing.batch_span("features", parents or [], {"rows": len(todo)}):
                 fc_before = (self.feature_cache.hits, self.feature_cache.misses)
                 matrix, miss = self.assemble([rows[i] for i in todo])
-            with tracer.start_as_current_span(
-                "model", attributes={"model_version": self.version, "device": self.model.device}
-            ):
-                scores = await self.model.score(matrix)
+            attributes = {"model_version": self.version, "device": self.model.device, "rows": len(todo)}
+            with tracing.batch_span("model", parents or [], attributes):
+                scores = self.model.score_now(matrix)
             for i, p, m in zip(todo, scores.tolist(), miss, strict=True):
                 probs[i], missing[i] = p, m
                 if pc.enabled:
                     pc.put(keys[i], (p, m))
             if self._metrics_on:
                 m = serving_metrics()
+                m.batch_size.observe(len(todo))
                 m.cache_lookups(
                     "features",
                     self.feature_cache.hits - fc_before[0],
@@ -251,8 +281,7 @@ class FlightScorerDeployment:
         return {**self.scorer.describe(), "served_by": self.tag}
 
     async def score(self, rows: list[FlightRow], trace_carrier: dict[str, str]) -> dict[str, Any]:
-        ctx = tracing.extract(trace_carrier)
-        with tracing.tracer().start_as_current_span("scorer", context=ctx):
+        with tracing.request_span("scorer", trace_carrier):
             probs, missing = await self.scorer.score(rows)
         return {"probabilities": probs, "missing": missing, "model_version": self.scorer.version, "served_by": self.tag}
 
@@ -342,8 +371,7 @@ class FlightDelayAPI:
     @api.post("/predict", response_model=PredictResponse, openapi_extra=_PREDICT_DOC)
     async def predict(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        span_cm = tracing.tracer().start_as_current_span("predict", context=tracing.extract(request.headers))
-        with span_cm as span:
+        with tracing.request_span("predict", request.headers) as span:
             headers = {TRACE_HEADER: tracing.trace_id(span)}
             try:
                 response = await self._predict(request, headers)
@@ -411,7 +439,7 @@ def build_app(args: dict[str, Any]) -> Application:
     ``topology``: ``fused`` (default) or ``split``; ``device``: ``cpu`` or
     ``cuda`` (falls back to CPU with a log line); ``tracing_exporter``: see
     ``ml_system.serving.tracing``; ``user_config``: initial scorer knobs when
-    not given per deployment in the YAML.
+    not given per deployment in the YAML; ``num_replicas``: of the fused ingress.
     """
     model_name = str(args.get("model_name", "flight_delay"))
     alias = str(args.get("alias", "champion"))
@@ -428,6 +456,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if topology != "fused":
         raise ValueError(f"args.topology must be 'fused' or 'split', not {topology!r}")
     ingress = FlightDelayAPI.options(user_config=user_config)
+    if "num_replicas" in args:
+        ingress = ingress.options(num_replicas=int(args["num_replicas"]))
     return ingress.bind(None, model_name, alias, home, max_rows, device, exporter)
 
 
