@@ -70,14 +70,23 @@ def run_child(setup: str, home: str, port: int, replicas: int) -> None:
     from ml_system.usecases.flights.serve_app import build_app
 
     ray.init(address="local", num_cpus=2, object_store_memory=500_000_000, include_dashboard=False, log_to_driver=False)
+    from ray import serve
+
     try:
         app = build_app({"home": home, "user_config": spec["user_config"], "num_replicas": replicas})
         url = run_app(app, "flight_delay", ServingConfig(host="127.0.0.1", port=port))
+        # /healthz answers as soon as one replica does; measure only once all of them are up, and give
+        # HAProxy a moment to add the late ones to its backend
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = serve.status().applications["flight_delay"].deployments["FlightDelayAPI"].replica_states
+            if states.get("RUNNING", 0) >= replicas:
+                break
+            time.sleep(0.5)
+        time.sleep(3)
         print(f"READY {url}", flush=True)
         sys.stdin.readline()  # the parent closes stdin when done
     finally:
-        from ray import serve
-
         serve.shutdown()
         ray.shutdown()
 
@@ -225,7 +234,7 @@ def main() -> None:
         return
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (apt-get install wrk; scripts/setup.sh does it)")
-    duration, rounds, warmup = (5, 1, 2) if args.quick else (15, 3, 5)
+    duration, rounds, warmup = (5, 1, 3) if args.quick else (15, 3, 5)
     conns = [int(c) for c in args.connections.split(",")]
     home = ensure_home(args.home)
     script = lua_script(demo_rows(home, hours=6), Path(tempfile.mkdtemp()) / "post.lua")
