@@ -97,12 +97,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def serve_port(ray_cluster: str) -> int:
-    """Serve's HTTP proxy is one per cluster: start it once, on a free port, for every app in the session."""
+    """Serve's HTTP proxy is one per cluster: started once, on a free port, for every app in the session."""
     from ray import serve
+    from ray.serve.context import _get_global_client
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
+    try:
+        client = _get_global_client()
+    except Exception:  # noqa: BLE001 - not started yet
+        client = None
+    if client is None:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        client = _get_global_client()
+    return int(ray.get(client._controller.get_http_config.remote()).port)
 
 
 # ---- a small but real flight-delay platform, built once per session -------------------------
@@ -203,3 +209,17 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
         region_name=opts["AWS_REGION"],
     ).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def served_home(flights_platform: FlightsPlatform, tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
+    """A copy of the session's flight platform for serving tests, which materialize and redeploy freely.
+
+    ``MLSYS_TEST_SERVED_HOME`` names an already built home to reuse while developing.
+    """
+    reuse = os.environ.get("MLSYS_TEST_SERVED_HOME")
+    if reuse and (Path(reuse) / "online.db").exists():
+        return make_config(Path(reuse))
+    home = tmp_path_factory.mktemp("served") / "mlsys"
+    shutil.copytree(flights_platform.config.home, home, ignore=shutil.ignore_patterns("ray_results"))
+    return make_config(home)

@@ -6,8 +6,10 @@ nothing to install or start beforehand.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from ml_system.cluster import connect, quiet
 from ml_system.config import PlatformConfig
-from ml_system.serving.deploy import run_app
+from ml_system.serving.deploy import fast_serving_env, run_app
 from ml_system.usecases.flights import pipeline
 from ml_system.usecases.flights.serve_app import build_app, flights_from_frame
 
@@ -62,6 +64,10 @@ def run_quickstart(
 
         t0 = time.perf_counter()
         task = stage("Ray cluster")
+        # The fast Serve ingress (HAProxy, BRIEF §6) is chosen when the cluster starts; it takes effect
+        # if this starts a local one, and changes nothing on a cluster that is already running.
+        for key, value in fast_serving_env(Path(config.home) / "haproxy").items():
+            os.environ.setdefault(key, value)
         dashboard = connect(config.ray)
         done(task, "ray", t0)
 

@@ -1,52 +1,113 @@
-"""The model replica: one registered XGBoost version, scored in batches.
+"""The model: one registered XGBoost version, scored in batches, on CPU or GPU.
 
-Requests from many callers are gathered by ``@serve.batch`` and scored in one
-``inplace_predict`` call; batch size and wait are ``user_config`` knobs applied
-in ``reconfigure``, so ``serve deploy`` changes them without a restart.
+``BatchedBooster`` gathers concurrent calls with ``@serve.batch`` and scores
+them in one ``inplace_predict``. It is a plain class so that an ingress can
+hold it in-process (no extra hop for a single row) or wrap it in its own
+deployment (``XGBoostModel``) to scale or place it apart, e.g. on a GPU.
+Batch size and wait are ``user_config`` knobs applied in ``reconfigure``, so
+``serve deploy`` changes them without restarting a replica.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import xgboost as xgb
 from ray import serve
 
-from ml_system.config import load_config
+from ml_system.config import PlatformConfig, load_config
+from ml_system.serving.metrics import serving_metrics
 from ml_system.training import tracking
 
 log = logging.getLogger("ml_system.serving")
 
 
-def platform_config(home: str | None) -> Any:
+def platform_config(home: str | None) -> PlatformConfig:
     environ = dict(os.environ)
     if home:
         environ["MLSYS_HOME"] = home
     return load_config(environ=environ)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
-class XGBoostModel:
+def gpu_visible() -> bool:
+    """Whether this process may use a CUDA device (Ray's assignment when inside Ray)."""
+    import ray
+
+    if ray.is_initialized():
+        try:
+            return len(ray.get_gpu_ids()) > 0
+        except Exception:  # noqa: BLE001 - a driver without a worker context
+            pass
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return visible.strip() not in ("", "-1")
+    return shutil.which("nvidia-smi") is not None
+
+
+def select_device(requested: str) -> str:
+    """``cuda`` when asked for and usable, else ``cpu`` with one log line saying why."""
+    if not requested.startswith("cuda"):
+        return "cpu"
+    if not xgb.build_info().get("USE_CUDA"):
+        log.warning("device %r requested but this xgboost build has no CUDA; scoring on CPU", requested)
+        return "cpu"
+    if not gpu_visible():
+        log.warning("device %r requested but no GPU is visible to this process; scoring on CPU", requested)
+        return "cpu"
+    return requested
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 64
+    batch_wait_timeout_s: float = 0.002
+    enabled: bool = True
+
+    @classmethod
+    def from_user_config(cls, user_config: dict[str, Any]) -> BatchingConfig:
+        return cls(
+            max_batch_size=int(user_config.get("max_batch_size", cls.max_batch_size)),
+            batch_wait_timeout_s=float(user_config.get("batch_wait_timeout_s", cls.batch_wait_timeout_s)),
+            enabled=bool(user_config.get("batching", True)),
+        )
+
+
+class BatchedBooster:
     def __init__(
-        self, model_name: str, alias: str = tracking.CHAMPION, home: str | None = None, version: str | None = None
+        self,
+        model_name: str,
+        alias: str = tracking.CHAMPION,
+        home: str | None = None,
+        version: str | None = None,
+        device: str = "cpu",
     ) -> None:
         config = platform_config(home)
         self.registered = tracking.resolve(config.mlflow, model_name, alias=alias, version=version)
         self.booster, self.spec = tracking.load_registered(config.mlflow, self.registered)
-        self.booster.set_param({"nthread": 1})
+        self.device = select_device(device)
+        self.booster.set_param({"nthread": 1, "device": self.device})
         self.columns = list(self.spec.feature_columns)
-        self.batching: dict[str, Any] = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
-        log.info("serving %s version %s", model_name, self.registered.version)
+        self.batching = BatchingConfig()
+        self._metrics_on = False
+        log.info("serving %s version %s on %s", model_name, self.registered.version, self.device)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.batching = {
-            "max_batch_size": int(user_config.get("max_batch_size", 64)),
-            "batch_wait_timeout_s": float(user_config.get("batch_wait_timeout_s", 0.002)),
-        }
-        self.predict_rows.set_max_batch_size(self.batching["max_batch_size"])
-        self.predict_rows.set_batch_wait_timeout_s(self.batching["batch_wait_timeout_s"])
+    def enable_metrics(self) -> None:
+        """Inside a replica only: ``ray.util.metrics`` needs a Ray worker."""
+        self._metrics_on = True
+        serving_metrics().model_version.set(
+            1,
+            tags={"model_name": self.registered.name, "model_version": self.registered.version, "device": self.device},
+        )
+
+    def configure_batching(self, batching: BatchingConfig) -> None:
+        self.batching = batching
+        self._score_batch.set_max_batch_size(batching.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -55,16 +116,59 @@ class XGBoostModel:
             "feature_columns": self.columns,
             "feature_service": self.spec.feature_service,
             "threshold": self.spec.threshold,
-            **self.batching,
+            "device": self.device,
+            "batching": self.batching.enabled,
+            "max_batch_size": self.batching.max_batch_size,
+            "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,
         }
 
+    def score_now(self, matrix: np.ndarray) -> np.ndarray:
+        """Unbatched scoring, for callers that already hold many rows."""
+        return np.asarray(self.booster.inplace_predict(matrix))
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def predict_rows(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
+    async def _score_batch(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
         sizes = [len(m) for m in matrices]
-        scores = self.booster.inplace_predict(np.concatenate(matrices))
-        return np.split(np.asarray(scores), np.cumsum(sizes)[:-1])
+        joined = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
+        if self._metrics_on:
+            serving_metrics().batch_size.observe(len(joined))
+        scores = self.score_now(joined)
+        return np.split(scores, np.cumsum(sizes)[:-1])
+
+    async def score(self, matrix: np.ndarray) -> np.ndarray:
+        """Score rows whose columns follow ``describe()['feature_columns']``.
+
+        Requests bigger than a batch skip the queue: they are a batch already.
+        """
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if not self.batching.enabled or len(matrix) >= self.batching.max_batch_size:
+            if self._metrics_on:
+                serving_metrics().batch_size.observe(len(matrix))
+            return self.score_now(matrix)
+        return await self._score_batch(matrix)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+class XGBoostModel:
+    """A registered model as its own deployment, for callers that send feature matrices."""
+
+    def __init__(
+        self,
+        model_name: str,
+        alias: str = tracking.CHAMPION,
+        home: str | None = None,
+        version: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.model = BatchedBooster(model_name, alias, home, version, device)
+        self.model.enable_metrics()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.model.configure_batching(BatchingConfig.from_user_config(user_config))
+
+    def describe(self) -> dict[str, Any]:
+        return self.model.describe()
 
     async def predict(self, matrix: np.ndarray) -> dict[str, Any]:
-        """Score rows whose columns follow ``describe()['feature_columns']``."""
-        scores = await self.predict_rows(np.asarray(matrix, dtype=np.float32))
-        return {"probabilities": scores.tolist(), "model_version": self.registered.version}
+        scores = await self.model.score(matrix)
+        return {"probabilities": scores.tolist(), "model_version": self.model.registered.version}

@@ -9,8 +9,9 @@ can only see departures that had happened by the prediction time.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import ray
@@ -160,3 +161,16 @@ def ondemand_features(sched_dep: pd.Series) -> pd.DataFrame:
             "month": local.dt.month.astype("float64").to_numpy(),
         }
     )
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def ondemand_row(sched_dep: datetime) -> tuple[float, float, float]:
+    """``ondemand_features`` for one aware timestamp without pandas (the serving hot path).
+
+    A test holds it equal to the pandas version across DST changes, so
+    training and serving still compute the same values.
+    """
+    local = sched_dep.astimezone(NEW_YORK)
+    return (local.hour + local.minute / 60.0, float(local.weekday()), float(local.month))

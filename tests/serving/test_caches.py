@@ -1,0 +1,64 @@
+"""Caches keyed on model and data version, over a real SQLite online store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ml_system.config import OnlineStoreConfig
+from ml_system.features.online import open_online_store
+from ml_system.serving.cache import MISSING, TTLCache
+from ml_system.serving.feature_cache import CachingOnlineStore, data_version
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ttl_expiry_eviction_and_hit_rate() -> None:
+    clock = Clock()
+    cache = TTLCache(ttl_s=1.0, max_entries=2, clock=clock)
+    cache.put("a", 1)
+    assert cache.get("a") == 1
+    clock.now = 1.5
+    assert cache.get("a") is MISSING
+    cache.put("a", 1)
+    cache.put("b", 2)
+    cache.put("c", 3)
+    assert len(cache) == 2 and cache.get("a") is MISSING and cache.get("c") == 3
+    assert cache.hits == 2 and cache.misses == 2 and cache.hit_rate() == 0.5
+    cache.resize(0, 10)
+    cache.put("d", 4)
+    assert not cache.enabled and len(cache) == 0
+
+
+def test_feature_cache_never_serves_across_a_new_data_version(tmp_path: Path) -> None:
+    store = open_online_store(OnlineStoreConfig(type="sqlite", path=str(tmp_path / "online.db")))
+    store.write_batch("weather", [("EWR", 10, 10, [1.0])])
+    store.set_meta("materialized_until:weather", "100")
+    cached = CachingOnlineStore(store, TTLCache(60, 100), ["weather"])
+    v1 = cached.refresh()
+    assert v1 == data_version(store, ["weather"]) == "mat:weather=100"
+    assert cached.read("weather", ["EWR", "JFK"])[0].values == [1.0]  # type: ignore[union-attr]
+    store.write_batch("weather", [("EWR", 20, 20, [2.0])])
+    # same data version: answered from the cache (the TTL bounds this lag for pushed rows)
+    assert cached.read("weather", ["EWR"])[0].values == [1.0]  # type: ignore[union-attr]
+    assert cached.cache.hits == 1
+    store.set_meta("materialized_until:weather", "200")
+    assert cached.refresh() != v1
+    assert cached.read("weather", ["EWR"])[0].values == [2.0]  # type: ignore[union-attr]
+    store.set_meta("snapshot_id", "s-42")
+    assert cached.refresh() == "snapshot:s-42"
+
+
+def test_disabled_cache_reads_through(tmp_path: Path) -> None:
+    store = open_online_store(OnlineStoreConfig(type="sqlite", path=str(tmp_path / "online.db")))
+    store.write_batch("weather", [("EWR", 10, 10, [1.0])])
+    cached = CachingOnlineStore(store, TTLCache(0, 0), ["weather"])
+    assert cached.refresh() == ""
+    store.write_batch("weather", [("EWR", 20, 20, [2.0])])
+    assert cached.read("weather", ["EWR"])[0].values == [2.0]  # type: ignore[union-attr]
+    assert cached.cache.hits == 0
