@@ -12,23 +12,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ml_system.features.materialize import watermark_key
 from ml_system.features.online import OnlineRow, OnlineStore
+from ml_system.features.online.base import BASE
 from ml_system.serving.cache import MISSING, TTLCache
-
-SNAPSHOT_META = "snapshot_id"
 
 
 def data_version(store: OnlineStore, views: Sequence[str]) -> str:
     """What identifies the online data a replica reads, cheaply (a few meta probes).
 
-    A snapshot id, once the store publishes one, wins; until then the
-    per-view ``materialized_until`` marks change on every materialization.
-    Kept behind this one function so the source can be switched.
+    The active snapshot (switched atomically by a data rollout) plus each
+    view's ``materialized_until`` mark in that namespace, which moves on every
+    materialization. Kept behind this one function so the source can be switched.
     """
-    snapshot = store.get_meta(SNAPSHOT_META)
-    if snapshot is not None:
-        return f"snapshot:{snapshot}"
-    return "mat:" + ",".join(f"{v}={store.get_meta(f'materialized_until:{v}') or ''}" for v in views)
+    snapshot = store.active_snapshot()
+    marks = ",".join(f"{v}={store.get_meta(watermark_key(v, snapshot)) or ''}" for v in views)
+    return f"{snapshot or 'base'}|{marks}"
 
 
 class CachingOnlineStore(OnlineStore):
@@ -37,16 +36,23 @@ class CachingOnlineStore(OnlineStore):
         self.cache = cache
         self.views = list(views)
         self.version = ""
+        self.snapshot = BASE
 
     def refresh(self) -> str:
         """Re-read the data version (once per request, before any read)."""
         if self.cache.enabled:
+            self.snapshot = self.inner.active_snapshot()
             self.version = data_version(self.inner, self.views)
         return self.version
 
-    def read(self, view: str, keys: Sequence[str]) -> list[OnlineRow | None]:
+    def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
         if not self.cache.enabled:
-            return self.inner.read(view, keys)
+            return self.inner.read_views(requests)  # one round trip where the backend can
+        return [self.read(view, keys, self.snapshot) for view, keys in requests]
+
+    def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
+        if not self.cache.enabled:
+            return self.inner.read(view, keys, snapshot)
         out: list[OnlineRow | None] = [None] * len(keys)
         todo: list[int] = []
         for i, key in enumerate(keys):
@@ -56,20 +62,26 @@ class CachingOnlineStore(OnlineStore):
             else:
                 out[i] = hit
         if todo:
-            fetched = self.inner.read(view, [keys[i] for i in todo])
+            fetched = self.inner.read(view, [keys[i] for i in todo], snapshot)
             for i, row in zip(todo, fetched, strict=True):
                 out[i] = row
                 self.cache.put((self.version, view, keys[i]), row)
         return out
 
-    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]]) -> int:
-        return self.inner.write_batch(view, rows)
+    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
+        return self.inner.write_batch(view, rows, snapshot)
+
+    def drop_snapshot(self, snapshot: str) -> None:
+        self.inner.drop_snapshot(snapshot)
 
     def get_meta(self, name: str) -> str | None:
         return self.inner.get_meta(name)
 
     def set_meta(self, name: str, value: str) -> None:
         self.inner.set_meta(name, value)
+
+    def set_meta_many(self, values: dict[str, str]) -> None:
+        self.inner.set_meta_many(values)
 
     def close(self) -> None:
         self.inner.close()

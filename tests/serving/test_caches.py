@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ml_system.config import OnlineStoreConfig
 from ml_system.features.online import open_online_store
+from ml_system.features.online.base import ACTIVE_SNAPSHOT
 from ml_system.serving.cache import MISSING, TTLCache
 from ml_system.serving.feature_cache import CachingOnlineStore, data_version
 
@@ -41,7 +42,7 @@ def test_feature_cache_never_serves_across_a_new_data_version(tmp_path: Path) ->
     store.set_meta("materialized_until:weather", "100")
     cached = CachingOnlineStore(store, TTLCache(60, 100), ["weather"])
     v1 = cached.refresh()
-    assert v1 == data_version(store, ["weather"]) == "mat:weather=100"
+    assert v1 == data_version(store, ["weather"]) == "base|weather=100"
     assert cached.read("weather", ["EWR", "JFK"])[0].values == [1.0]  # type: ignore[union-attr]
     store.write_batch("weather", [("EWR", 20, 20, [2.0])])
     # same data version: answered from the cache (the TTL bounds this lag for pushed rows)
@@ -50,8 +51,11 @@ def test_feature_cache_never_serves_across_a_new_data_version(tmp_path: Path) ->
     store.set_meta("materialized_until:weather", "200")
     assert cached.refresh() != v1
     assert cached.read("weather", ["EWR"])[0].values == [2.0]  # type: ignore[union-attr]
-    store.set_meta("snapshot_id", "s-42")
-    assert cached.refresh() == "snapshot:s-42"
+    # a data rollout switches the snapshot pointer: new version, reads go to the snapshot's rows
+    store.write_batch("weather", [("EWR", 30, 30, [3.0])], snapshot="s42")
+    store.set_meta_many({ACTIVE_SNAPSHOT: "s42", "materialized_until:weather@s42": "300"})
+    assert cached.refresh() == "s42|weather=300"
+    assert cached.read_views([("weather", ["EWR"])])[0][0].values == [3.0]  # type: ignore[union-attr]
 
 
 def test_disabled_cache_reads_through(tmp_path: Path) -> None:
