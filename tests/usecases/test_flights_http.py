@@ -88,7 +88,8 @@ def test_empty_and_malformed_bodies_are_4xx(flights_url: str) -> None:
 def test_too_many_rows_and_too_large_bodies_get_413(flights_url: str, flights: list[dict]) -> None:
     resp = post(flights_url, {"flights": [flights[0]] * 51})
     assert resp.status_code == 413
-    assert "flights" in resp.json()["detail"]
+    (detail,) = resp.json()["detail"]
+    assert detail["loc"] == ["body", "flights"] and "limit" in detail["msg"]
     big = b'{"flights": [' + b" " * 1_100_000 + b"]}"
     resp = httpx.post(f"{flights_url}/predict", content=big, headers={"content-type": "application/json"})
     assert resp.status_code == 413
