@@ -18,14 +18,15 @@ from ml_system.features.online.base import BASE
 from ml_system.serving.cache import MISSING, TTLCache
 
 
-def data_version(store: OnlineStore, views: Sequence[str]) -> str:
+def data_version(store: OnlineStore, views: Sequence[str], snapshot: str | None = None) -> str:
     """What identifies the online data a replica reads, cheaply (a few meta probes).
 
     The active snapshot (switched atomically by a data rollout) plus each
     view's ``materialized_until`` mark in that namespace, which moves on every
     materialization. Kept behind this one function so the source can be switched.
     """
-    snapshot = store.active_snapshot()
+    if snapshot is None:
+        snapshot = store.active_snapshot()
     marks = ",".join(f"{v}={store.get_meta(watermark_key(v, snapshot)) or ''}" for v in views)
     return f"{snapshot or 'base'}|{marks}"
 
@@ -38,11 +39,15 @@ class CachingOnlineStore(OnlineStore):
         self.version = ""
         self.snapshot = BASE
 
-    def refresh(self) -> str:
-        """Re-read the data version (once per request, before any read)."""
-        if self.cache.enabled:
+    def refresh(self, needed: bool = False) -> str:
+        """Re-read the data version (once per request, before any read).
+
+        Skipped when no cache keys on it: ``needed`` is for callers with caches
+        of their own (predictions) that must never outlive a data change.
+        """
+        if self.cache.enabled or needed:
             self.snapshot = self.inner.active_snapshot()
-            self.version = data_version(self.inner, self.views)
+            self.version = data_version(self.inner, self.views, self.snapshot)
         return self.version
 
     def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:

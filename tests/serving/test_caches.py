@@ -66,3 +66,14 @@ def test_disabled_cache_reads_through(tmp_path: Path) -> None:
     store.write_batch("weather", [("EWR", 20, 20, [2.0])])
     assert cached.read("weather", ["EWR"])[0].values == [2.0]  # type: ignore[union-attr]
     assert cached.cache.hits == 0
+
+
+def test_prediction_cache_alone_still_gets_the_data_version(tmp_path: Path) -> None:
+    """With the feature cache off, a prediction cache must still key on the data version."""
+    store = open_online_store(OnlineStoreConfig(type="sqlite", path=str(tmp_path / "online.db")))
+    store.set_meta("materialized_until:weather", "100")
+    cached = CachingOnlineStore(store, TTLCache(0, 0), ["weather"])
+    assert cached.refresh() == ""
+    assert cached.refresh(needed=True) == "base|weather=100"
+    store.set_meta("materialized_until:weather", "200")
+    assert cached.refresh(needed=True) == "base|weather=200"

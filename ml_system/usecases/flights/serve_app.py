@@ -210,12 +210,12 @@ class FlightScorer:
 
     def score_now(self, rows: list[FlightRow], parents: list[Any] | None = None) -> tuple[list[float], list[list[str]]]:
         """Score ``rows`` in this call (what a batch, or a bare process, runs)."""
-        data_version = self.online.refresh()
+        pc = self.prediction_cache
+        data_version = self.online.refresh(needed=pc.enabled)
         probs: list[float] = [0.0] * len(rows)
         missing: list[list[str]] = [[] for _ in rows]
         todo = list(range(len(rows)))
         keys: list[tuple[Any, ...]] = []
-        pc = self.prediction_cache
         if pc.enabled:
             keys = [(self.version, data_version, *r) for r in rows]
             todo = []
