@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -80,6 +81,15 @@ def _parse_time(value: str, name: str) -> datetime:
     return ts
 
 
+def _require_free_port(host: str, port: int) -> None:
+    """Fail before minutes of training, not at deploy time with a proxy crash."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise MLSystemError(f"port {port} on {host} is in use; pass --port with a free one") from None
+
+
 @app.command()
 @fails_cleanly
 def quickstart(
@@ -96,6 +106,7 @@ def quickstart(
 
     cfg = _config(config, home)
     cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"port": port})})
+    _require_free_port(cfg.serving.host, port)
     console.print(f"platform home: {cfg.home}")
     result = run_quickstart(cfg, trials=trials, rounds=rounds, requests=requests, console=console)
     if result.errors:

@@ -65,3 +65,16 @@ def test_models_list_shows_the_champion(flights_platform) -> None:
     assert out.returncode == 0, out.stderr
     assert "flight_delay" in out.stdout and "champion" in out.stdout
     assert flights_platform.report.model_version in out.stdout
+
+
+def test_quickstart_refuses_a_busy_port_before_doing_any_work(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = mlsys("quickstart", "--port", str(port), home=tmp_path)
+    assert out.returncode == 1
+    assert f"port {port}" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "offline").exists()
