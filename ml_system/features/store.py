@@ -26,7 +26,7 @@ from ml_system.features.definitions import (
 )
 from ml_system.features.materialize import WriteLatest, latest_rows, watermark_key, window_ns
 from ml_system.features.offline_store import OfflineStore
-from ml_system.features.online import FeatureStatus, OnlineStore, entity_key, open_online_store
+from ml_system.features.online import FeatureStatus, OnlineRow, OnlineStore, entity_key, open_online_store
 from ml_system.features.partitioning import KeyKind, arrow_key_kind, common_kinds, key_kind
 from ml_system.features.pit_join import JoinSpec, join_blocks, join_pandas
 from ml_system.features.registry import Change, Definition, Registry
@@ -108,19 +108,24 @@ class OnlineFeatureReader:
                     NOT_FOUND if row is None else (PRESENT if row.event_ts > clock - ttl_ns else EXPIRED)
                     for row, clock in zip(rows, clocks, strict=True)
                 ]
+            # transpose rows into columns in C (zip), then pick the requested ones
             if all(s is PRESENT for s in statuses):
-                for name, idx in feats:
-                    out.values[name] = [row.values[idx] for row in rows]  # type: ignore[union-attr]
-                    out.statuses[name] = statuses.copy()
+                columns = list(zip(*[row.values for row in rows], strict=True))  # type: ignore[union-attr]
             else:
-                live = [row if s is PRESENT else None for row, s in zip(rows, statuses, strict=True)]
-                for name, idx in feats:
-                    out.values[name] = [None if row is None else row.values[idx] for row in live]
-                    out.statuses[name] = statuses.copy()
+                blank = [None] * _row_width(rows)
+                shown = [row.values if s is PRESENT else blank for row, s in zip(rows, statuses, strict=True)]  # type: ignore[union-attr]
+                columns = list(zip(*shown, strict=True))
+            for name, idx in feats:
+                out.values[name] = list(columns[idx]) if columns else [None] * n
+                out.statuses[name] = statuses.copy()
         return out
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _row_width(rows: list[OnlineRow | None]) -> int:
+    return next((len(row.values) for row in rows if row is not None), 0)
 
 
 def _ns(delta: timedelta) -> int:

@@ -141,10 +141,25 @@ def test_one_round_trip_per_view(tmp_path: Path, redis_url: str) -> None:
     stats_after = admin.info("commandstats")
     assert out.values["city_rate"] == [1.0] * 100
     calls = {name: s["calls"] for name, s in stats_after.items()}
-    # one script call: the snapshot pointer and both views' MGETs in a single round trip
-    assert calls.pop("cmdstat_evalsha") == 1
-    assert calls.pop("cmdstat_hget") == 1 and calls.pop("cmdstat_mget") == 2  # run inside the script
-    assert all(name.startswith("cmdstat_config") for name in calls)  # nothing else but our own RESETSTAT
+    # one transaction sent as one packet: the snapshot pointer and both views' keys in one MGET
+    assert calls.pop("cmdstat_multi") == 1 and calls.pop("cmdstat_exec") == 1
+    assert calls.pop("cmdstat_hget") == 1 and calls.pop("cmdstat_mget") == 1
+    # nothing else but our own RESETSTAT and the handshake of the reading connection opened by this first read
+    assert all(name.startswith(("cmdstat_config", "cmdstat_client", "cmdstat_hello")) for name in calls), calls
+
+    # a switch made elsewhere: the first read after it finds its guess stale and reads again, once
+    other = RedisOnlineStore(redis_url, prefix=prefix)
+    other.write_batch("stats", [(str(i), NOW.value, 0, [2.0, 2, "b"]) for i in range(100)], snapshot="s2")
+    other.write_batch("city", [(f"{i}|nyc", 0, 0, [2.0]) for i in range(100)], snapshot="s2")
+    other.set_meta("snapshot:active", "s2")
+    admin.config_resetstat()
+    out = reader.read(rows, now=NOW.to_pydatetime())
+    assert out.values["rate"] == [2.0] * 100 and out.values["city_rate"] == [2.0] * 100
+    assert admin.info("commandstats")["cmdstat_exec"]["calls"] == 2
+    admin.config_resetstat()
+    reader.read(rows, now=NOW.to_pydatetime())
+    assert admin.info("commandstats")["cmdstat_exec"]["calls"] == 1
+    other.close()
     store.close()
     admin.close()
 
@@ -161,3 +176,21 @@ def test_one_round_trip_per_view(tmp_path: Path, redis_url: str) -> None:
     assert len(statements) == 3 and all(s.startswith("SELECT") for s in statements)
     assert "mlsys_meta" in statements[0]
     sqlite.close()
+
+
+def test_redis_reads_survive_a_dropped_connection(redis_url: str) -> None:
+    """Reads keep one pinned connection per thread; a server-side kill of it costs one retry, not an error."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisOnlineStore(redis_url, prefix=prefix)
+    store.write_batch("city", [("1|nyc", 0, 0, [1.5])])
+    reader = OnlineFeatureReader(store, VIEWS, ["city:city_rate"])
+    assert reader.read([{"driver_id": 1, "city": "nyc"}]).values["city_rate"] == [1.5]
+    admin = redis.Redis.from_url(redis_url)
+    readers = [c["id"] for c in admin.client_list() if c["cmd"] == "exec"]  # the reading connection's last command
+    assert readers
+    for client_id in readers:
+        assert admin.client_kill_filter(_id=client_id) == 1
+    assert reader.read([{"driver_id": 1, "city": "nyc"}]).values["city_rate"] == [1.5]
+    assert store.read("city", ["1|nyc"])[0].values == [1.5]  # type: ignore[union-attr]
+    store.close()
+    admin.close()

@@ -11,19 +11,26 @@ nanoseconds).
 
 The read path builds keys from a per-view prefix kept across calls and cuts
 each reply with slices, because at one row the Python around the round trip
-costs as much as the round trip itself.
+costs as much as the round trip itself. For the same reason reads skip
+redis-py's per-command machinery (pool checkout, argument encoding, health
+checks): each thread keeps one pinned connection and sends commands it packed
+itself, parsed by hiredis. Measured here, that took a one-key ``GET`` from p99
+0.28 ms to 0.19 ms, the same as a bare socket.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 import redis
+from redis.connection import AbstractConnection
 
 from ml_system.errors import StoreError
 from ml_system.features.online.base import ACTIVE_SNAPSHOT, BASE, OnlineRow, OnlineStore, check_snapshot_id
-from ml_system.features.online.codec import pack_values, unpack_values
+from ml_system.features.online.codec import pack_values, unpack_values_at
 
 _UPSERT_IF_NEWER = """
 local written = 0
@@ -46,31 +53,50 @@ def encode_row(event_ts: int, created_ts: int, values: list[Any]) -> bytes:
 
 
 def decode_row(item: bytes) -> OnlineRow:
-    return OnlineRow(int(item[:20]), int(item[20:40]), unpack_values(memoryview(item)[40:]))
+    return OnlineRow(int(item[:20]), int(item[20:40]), unpack_values_at(item, 40))
 
 
-# Resolve the snapshot pointer and MGET every view of a request in one round
-# trip: the pointer is read inside the script, so all views come from one
-# namespace even while a switch is happening. ARGV: meta field, base prefix,
-# then per view its name, its key count and its keys. (Keys built inside a
-# script suit a single Redis server or a replica set, not Redis Cluster.)
-_READ_VIEWS = """
-local ptr = redis.call('HGET', KEYS[1], ARGV[1])
-local space = ARGV[2]
-if ptr and ptr ~= '' then space = space .. '@' .. ptr end
-local out = {}
-local i = 3
-while i <= #ARGV do
-  local view = ARGV[i]
-  local n = tonumber(ARGV[i + 1])
-  local keys = {}
-  for j = 1, n do keys[j] = space .. ':' .. view .. ':' .. ARGV[i + 1 + j] end
-  if n > 0 then out[#out + 1] = redis.call('MGET', unpack(keys)) else out[#out + 1] = {} end
-  i = i + 2 + n
-end
-return out
-"""
-_SCRIPT_MAX_KEYS = 4000  # Lua's unpack() limit is about 8,000 values
+def decode_rows(items: list[bytes | None]) -> list[OnlineRow | None]:
+    """A reply's rows; one loop with locals bound, since 100 rows make this the read's largest cost.
+
+    Rows in the first format (JSON values) fail MessagePack with extra data,
+    and only then does the reply go through the slower per-row decoder.
+    """
+    row, unpack = OnlineRow, msgpack.unpackb
+    try:
+        return [None if item is None else row(int(item[:20]), int(item[20:40]), unpack(item[40:])) for item in items]
+    except (msgpack.ExtraData, ValueError):
+        return [None if item is None else decode_row(item) for item in items]
+
+
+def pack_command(args: Sequence[bytes]) -> bytes:
+    """One RESP request; the arguments are already bytes."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+_MULTI = pack_command([b"MULTI"])
+_EXEC = pack_command([b"EXEC"])
+
+
+def _read_replies(conn: AbstractConnection, count: int) -> Any:
+    """Read ``count`` replies and return the last; a transaction's errors come back inside EXEC's list."""
+    for _ in range(count - 1):
+        conn.read_response()
+    reply = conn.read_response()
+    if isinstance(reply, list):
+        for item in reply:
+            if isinstance(item, Exception):
+                raise item
+    return reply
+
+
+class _PinnedLinks(threading.local):
+    """Each thread's own connection for reads: no pool checkout per command."""
+
+    conn: AbstractConnection | None = None
 
 
 class RedisOnlineStore(OnlineStore):
@@ -79,12 +105,48 @@ class RedisOnlineStore(OnlineStore):
         self.prefix = prefix
         self._client = redis.Redis.from_url(url)
         self._upsert = self._client.register_script(_UPSERT_IF_NEWER)
-        self._read_views = self._client.register_script(_READ_VIEWS)
-        self._view_prefix: dict[tuple[str, str], str] = {}
+        self._view_prefix: dict[tuple[str, str], bytes] = {}
+        self._links = _PinnedLinks()
+        self._opened: list[AbstractConnection] = []
+        self._lock = threading.Lock()
+        self._pointer_guess = BASE
+        self._open_pointer_read = _MULTI + pack_command([b"HGET", f"{prefix}:meta".encode(), ACTIVE_SNAPSHOT.encode()])
+
+    def _call(self, packed: bytes, replies: int = 1) -> Any:
+        """Send packed commands on this thread's connection; return the last reply.
+
+        A broken socket (restarted server, idle timeout) gets one retry on a
+        fresh one. An error reply in the middle of several drops the
+        connection, since the replies left unread would answer the next call.
+        """
+        conn = self._links.conn
+        if conn is None:
+            conn = self._links.conn = self._client.connection_pool.make_connection()
+            with self._lock:
+                self._opened.append(conn)
+        for attempt in (1, 2):
+            try:
+                conn.send_packed_command([packed], check_health=attempt > 1)
+                return _read_replies(conn, replies)
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                if attempt > 1:
+                    raise
+            except redis.ResponseError:
+                if replies > 1:
+                    conn.disconnect()
+                raise
+        raise AssertionError("unreachable")
 
     def _space(self, snapshot: str) -> str:
         """Key prefix of a namespace: ``mlsys`` for the base one, ``mlsys@<snapshot>`` for a snapshot."""
         return self.prefix if snapshot == BASE else f"{self.prefix}@{check_snapshot_id(snapshot)}"
+
+    def _head(self, snapshot: str, view: str) -> bytes:
+        head = self._view_prefix.get((snapshot, view))
+        if head is None:
+            head = self._view_prefix[(snapshot, view)] = f"{self._space(snapshot)}:{view}:".encode()
+        return head
 
     def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
         space = self._space(snapshot)
@@ -100,23 +162,45 @@ class RedisOnlineStore(OnlineStore):
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
         if not keys:
             return []
-        head = self._view_prefix.get((snapshot, view))
-        if head is None:
-            head = self._view_prefix[(snapshot, view)] = f"{self._space(snapshot)}:{view}:"
-        raw = self._client.execute_command("MGET", *[head + k for k in keys])
-        return [None if item is None else decode_row(item) for item in raw]
+        head = self._head(snapshot, view)
+        raw = self._call(pack_command([b"MGET", *[head + k.encode() for k in keys]]))
+        return decode_rows(raw)
 
     def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
-        """Pointer and every view in one round trip (see ``_READ_VIEWS``)."""
-        if sum(len(keys) for _, keys in requests) > _SCRIPT_MAX_KEYS:
-            return super().read_views(requests)
-        args: list[str | int] = [ACTIVE_SNAPSHOT, self.prefix]
-        for view, keys in requests:
-            args.append(view)
-            args.append(len(keys))
-            args.extend(keys)
-        replies = self._read_views(keys=[f"{self.prefix}:meta"], args=args)
-        return [[None if item is None else decode_row(item) for item in reply] for reply in replies]
+        """Pointer and every view in one round trip, atomically.
+
+        ``MULTI; HGET pointer; MGET <keys in the namespace guessed>; EXEC``:
+        the transaction runs with nothing in between, so the rows come from
+        the namespace that was active when it ran, or, if the guess was
+        stale (a switch happened since the last read), the reply names the
+        new namespace and the read is sent again there. Measured here for
+        100 keys, p99 0.15 ms against 0.26 ms for a Lua script that read the
+        pointer and built the keys itself. (All of a request's keys go into
+        one ``MGET``; under Redis Cluster they would need one hash slot.)
+        """
+        counts = [len(keys) for _, keys in requests]
+        if not sum(counts):
+            return [[] for _ in requests]
+        guess = self._pointer_guess
+        for _ in range(8):
+            keys: list[bytes] = [b"MGET"]
+            for view, view_keys in requests:
+                head = self._head(guess, view)
+                keys.extend(head + k.encode() for k in view_keys)
+            pointer, raw = self._call(self._open_pointer_read + pack_command(keys) + _EXEC, replies=4)
+            active = BASE if pointer is None else check_snapshot_id(pointer.decode())
+            if active == guess:
+                break
+            guess = self._pointer_guess = active
+        else:
+            raise StoreError("the active snapshot changed on every one of 8 reads in a row")
+        rows = decode_rows(raw)
+        out: list[list[OnlineRow | None]] = []
+        start = 0
+        for count in counts:
+            out.append(rows[start : start + count])
+            start += count
+        return out
 
     def get_meta(self, name: str) -> str | None:
         value = self._client.hget(f"{self.prefix}:meta", name)
@@ -141,4 +225,8 @@ class RedisOnlineStore(OnlineStore):
             self._client.unlink(*batch)
 
     def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.disconnect()
         self._client.close()
