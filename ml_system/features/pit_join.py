@@ -2,8 +2,8 @@
 
 Ray Data's ``Dataset.join`` is equality-only, so the distributed join is built
 from Ray tasks: both sides are hash-partitioned by the view's join keys (a
-shuffle that never passes through the driver; a pandas ``entity_df`` is cut on
-the driver, which holds it anyway), feature rows outside the entity rows' time
+shuffle that never passes through the driver; a pandas ``entity_df`` is put
+in the object store in blocks and cut by tasks too), feature rows outside the entity rows' time
 range are dropped before the shuffle, and each partition runs a vectorised
 as-of search in numpy. Views with the same join keys share one shuffle of the
 entity rows; for a pandas ``entity_df`` every view is joined independently and
@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -248,6 +249,15 @@ def asof_join(
 # ---- across the cluster ----------------------------------------------------------------------
 
 
+# Every join task reserves one CPU, and must use one. Polars otherwise starts a
+# thread per core of the machine in every worker: concurrent tasks then fight
+# over the cores, and a node that offers Ray one CPU quietly uses all of them
+# (measured here: one "1 CPU" node ran the 4M-row join as fast as two CPUs).
+# Task-level env_vars merge with the job's runtime env; the workers that carry
+# them are started once and reused.
+JOIN_TASK_OPTIONS: dict[str, Any] = {"num_cpus": 1, "runtime_env": {"env_vars": {"POLARS_MAX_THREADS": "1"}}}
+
+
 @dataclass(frozen=True)
 class TimeRange:
     """Entity times of the query: feature rows that no entity row can see are dropped before the shuffle."""
@@ -256,7 +266,7 @@ class TimeRange:
     hi_ns: int
 
 
-@ray.remote
+@ray.remote(**JOIN_TASK_OPTIONS)
 def _split_features(
     block: Any,
     spec: JoinSpec,
@@ -281,7 +291,7 @@ def _split_features(
     return parts if num_partitions > 1 else parts[0]
 
 
-@ray.remote
+@ray.remote(**JOIN_TASK_OPTIONS)
 def _split_entities(
     block: Any, keys: list[str], kinds: tuple[KeyKind, ...], num_partitions: int
 ) -> list[pd.DataFrame] | pd.DataFrame:
@@ -291,7 +301,7 @@ def _split_entities(
     return parts if num_partitions > 1 else parts[0]
 
 
-@ray.remote
+@ray.remote(**JOIN_TASK_OPTIONS)
 def _time_range(block: Any, column: str) -> tuple[int, int] | None:
     if not isinstance(block, pd.DataFrame):
         block = block.to_pandas()
@@ -301,7 +311,7 @@ def _time_range(block: Any, column: str) -> tuple[int, int] | None:
     return int(ns.min()), int(ns.max())
 
 
-@ray.remote
+@ray.remote(**JOIN_TASK_OPTIONS)
 def _join_partition(
     counts: tuple[int, ...],
     specs: tuple[JoinSpec, ...],
@@ -370,6 +380,22 @@ def _join_stage(
     return out
 
 
+def _split_entity_blocks(
+    blocks: list[ray.ObjectRef], keys: list[str], kinds: tuple[KeyKind, ...], parts: int
+) -> list[list[ray.ObjectRef]]:
+    """``out[p]``: partition p's pieces, one cut from every entity block."""
+    per_block = []
+    for block in blocks:
+        refs = _split_entities.options(num_returns=parts).remote(block, keys, kinds, parts)
+        per_block.append(refs if parts > 1 else [refs])
+    return [[refs[p] for refs in per_block] for p in range(parts)]
+
+
+def _entity_chunks(rows: int, parts: int) -> int:
+    """Blocks a driver-side entity frame is put as: one per million rows, at most one per partition."""
+    return max(1, min(parts, -(-rows // 1_000_000)))
+
+
 def default_partitions() -> int:
     """Two partitions per cluster CPU: enough slack to keep every core busy while a straggler finishes."""
     return max(2, int(ray.cluster_resources().get("CPU", 1)) * 2)
@@ -385,9 +411,9 @@ def join_pandas(
 ) -> pd.DataFrame:
     """PIT join for an in-memory ``entity_df``: only its keys and times travel, only features come back.
 
-    The entity frame is cut by key hash on the driver (it is there already, and
-    a split task would copy it once more); the feature tables are cut by tasks
-    near their blocks; views are joined concurrently.
+    The entity frame's keys and times are put in the object store in a few
+    blocks and cut by key hash in tasks, like the feature tables; views are
+    joined concurrently.
     """
     parts = num_partitions or default_partitions()
     entity_ns = timestamps_ns(entity_df[timestamp_column], timestamp_column)
@@ -401,8 +427,11 @@ def join_pandas(
         frame = pd.DataFrame({k: result[k] for k in keys})
         frame[_ENTITY_NS] = entity_ns
         frame[ROW_ID] = np.arange(len(frame))
-        pieces = split_by(frame, partition_ids(frame, keys, parts, kinds), parts)
-        left_parts = [[ray.put(piece)] for piece in pieces]
+        # cut by tasks, not here: hashing and gathering 20M rows on the driver was the serial part
+        # that kept a second node from adding throughput
+        bounds = np.linspace(0, len(frame), _entity_chunks(len(frame), parts) + 1).astype(int)
+        chunks = [ray.put(frame.iloc[a:b]) for a, b in pairwise(bounds)]
+        left_parts = _split_entity_blocks(chunks, keys, kinds, parts)
         refs = _join_stage(left_parts, stage, kinds, _ENTITY_NS, parts, span, bitemporal, keep_left=False)
         pending.append(([f for spec, _ in stage for f in spec.features], refs))
     for features, refs in pending:
@@ -435,10 +464,6 @@ def join_blocks(
     for stage in _stages(views):
         keys = list(stage[0][0].join_keys)
         kinds = key_kinds[stage[0][0].join_keys]
-        per_block = []
-        for block in current:
-            refs = _split_entities.options(num_returns=parts).remote(block, keys, kinds, parts)
-            per_block.append(refs if parts > 1 else [refs])
-        left_parts = [[refs[p] for refs in per_block] for p in range(parts)]
+        left_parts = _split_entity_blocks(current, keys, kinds, parts)
         current = _join_stage(left_parts, stage, kinds, timestamp_column, parts, span, bitemporal, keep_left=True)
     return current

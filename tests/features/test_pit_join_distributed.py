@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ml_system.features.partitioning import KeyKind, key_kind, partition_ids
-from ml_system.features.pit_join import JoinSpec, asof_join, join_blocks, join_pandas
+from ml_system.features.pit_join import JOIN_TASK_OPTIONS, JoinSpec, asof_join, join_blocks, join_pandas
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -224,3 +224,24 @@ def test_equal_keys_of_different_dtypes_land_in_the_same_partition() -> None:
     # int against string keys hash through their string forms on both sides
     mixed = partition_ids(ints, ["k"], 7, ["any"])
     assert (mixed == partition_ids(pd.DataFrame({"k": [str(i) for i in range(1000)]}), ["k"], 7, ["any"])).all()
+
+
+@ray.remote
+def _polars_threads() -> tuple[int, int]:
+    import os
+
+    import polars as pl
+
+    return pl.thread_pool_size(), os.cpu_count() or 1
+
+
+def test_join_tasks_use_only_the_cpu_they_reserve() -> None:
+    """Polars starts a thread per machine core unless told; the join's tasks reserve one CPU and must use one.
+
+    Without the pin, one node offering Ray a single CPU ran the join as fast as
+    two CPUs did: the tasks were using every core behind the scheduler's back.
+    """
+    pinned, cores = ray.get(_polars_threads.options(**JOIN_TASK_OPTIONS).remote())
+    assert JOIN_TASK_OPTIONS["num_cpus"] == 1 and pinned == 1
+    unpinned, _ = ray.get(_polars_threads.remote())
+    assert unpinned == cores  # what a task gets by default: the pin is what makes the difference
