@@ -16,7 +16,10 @@ from the prediction cache and measure the cache, not the stack). Each Serve
 setup runs in its own child process with its own local Ray cluster, stopped
 before the next one starts, so no two setups share the two cores.
 
-    python benchmarks/serve_load.py --home ~/.mlsys [--quick]
+    python benchmarks/serve_load.py --home ~/.mlsys [--quick] [--rounds N] [--duration S]
+
+Full mode (3 rounds of 15 s runs, each setup started afresh per round) takes
+about 11 minutes here; ``--rounds`` and ``--duration`` size it.
 
 The last line is ``RESULT serve_load rps=... p99_ms=... ratio_vs_bare=...
 p99_ratio_vs_bare=... ratio_vs_naive=...`` (at 32 connections, medians of the
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MLSYS_HOME"))
     parser.add_argument("--quick", action="store_true", help="5 s per run, 1 round (a few minutes in all)")
     parser.add_argument("--connections", default="32,128")
+    parser.add_argument("--rounds", type=int, help="rounds of all three setups (full: 3, about 11 minutes here)")
+    parser.add_argument("--duration", type=int, help="seconds per measured run (full: 15)")
     parser.add_argument(
         "--replicas", type=int, default=2, help="replicas of the project's endpoint (what autoscaling holds at c=32)"
     )
@@ -235,6 +240,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (apt-get install wrk; scripts/setup.sh does it)")
     duration, rounds, warmup = (5, 1, 3) if args.quick else (15, 3, 5)
+    rounds = args.rounds or rounds
+    duration = args.duration or duration
     conns = [int(c) for c in args.connections.split(",")]
     home = ensure_home(args.home)
     script = lua_script(demo_rows(home, hours=6), Path(tempfile.mkdtemp()) / "post.lua")
