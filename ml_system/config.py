@@ -53,6 +53,10 @@ class OnlineStoreConfig(_Section):
     type: Literal["sqlite", "redis"] = "sqlite"
     path: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_read_spin_us: int = Field(100, ge=0, le=10_000)
+    """How long a lookup polls its socket for Redis' reply before sleeping (0: never). Waking a
+    sleeping thread cost more than the round trip itself here; a remote Redis that never answers
+    within the spin makes the reader stop spinning for a while (``online/resp.py``)."""
 
 
 class MlflowConfig(_Section):

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from ml_system.features.online.redis import RedisOnlineStore
+from ml_system.features.online.resp import RespLink, pack_command
 from tests.conftest import free_port, wait_for_port
 
 PASSWORD = "s3cret*pw"
@@ -69,7 +70,7 @@ def test_a_wrong_password_is_refused_with_the_servers_reason(guarded_redis: tupl
     port, _ = guarded_redis
     for url, reason in (
         (f"redis://:wrong@127.0.0.1:{port}/0", "invalid username-password"),
-        (f"redis://127.0.0.1:{port}/0", "authenticated"),
+        (f"redis://127.0.0.1:{port}/0", "NOAUTH"),
     ):
         store = RedisOnlineStore(url)
         with pytest.raises((redis.AuthenticationError, redis.ResponseError), match=reason):
@@ -82,3 +83,28 @@ def test_a_server_that_is_gone_is_a_connection_error() -> None:
     with pytest.raises(redis.ConnectionError):
         store.read_views([("v", ["a"])])
     store.close()
+
+
+@pytest.mark.parametrize("spin_us", [0, 100])
+def test_spinning_and_sleeping_reads_answer_alike(redis_url: str, spin_us: int) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisOnlineStore(redis_url, prefix=prefix, read_spin_us=spin_us)
+    store.write_batch("v", [(str(i), i, i, [float(i), str(i)]) for i in range(500)])
+    rows = store.read_views([("v", [str(i) for i in range(0, 600, 3)])])[0]  # a reply of several TCP segments
+    assert [None if r is None else r.values for r in rows] == [
+        [float(i), str(i)] if i < 500 else None for i in range(0, 600, 3)
+    ]
+    store.close()
+
+
+def test_the_spin_pauses_when_replies_keep_arriving_after_it(redis_url: str) -> None:
+    """A Redis too far away for the spin (here: paused by CLIENT PAUSE) stops costing spins."""
+    link = RespLink(redis_url, spin_us=20)
+    admin = redis.Redis.from_url(redis_url)
+    assert link.call(pack_command([b"PING"])) == b"PONG" and link.spinning
+    for _ in range(8):
+        admin.client_pause(5)  # milliseconds: the reply comes long after a 20 µs spin gave up
+        assert link.call(pack_command([b"PING"])) == b"PONG"
+    assert not link.spinning
+    link.close()
+    admin.close()

@@ -15,7 +15,7 @@ def open_online_store(config: OnlineStoreConfig) -> OnlineStore:
     if config.type == "redis":
         from ml_system.features.online.redis import RedisOnlineStore
 
-        return RedisOnlineStore(config.redis_url)
+        return RedisOnlineStore(config.redis_url, read_spin_us=config.redis_read_spin_us)
     raise ValueError(f"unknown online store type {config.type!r}")
 
 

@@ -13,9 +13,10 @@ The read path builds keys from a per-view prefix kept across calls and cuts
 each reply with slices, because at one row the Python around the round trip
 costs as much as the round trip itself. For the same reason reads skip
 redis-py's per-command machinery (pool checkout, argument encoding, health
-checks): each thread keeps one pinned connection and sends commands it packed
-itself, parsed by hiredis. Measured here, that took a one-key ``GET`` from p99
-0.28 ms to 0.19 ms, the same as a bare socket.
+checks): each thread keeps one connection of its own and sends commands it
+packed itself, parsed by hiredis, and waits for the reply spinning before it
+sleeps (``resp.py``: most of a loopback round trip is the kernel waking the
+reader). Writes and admin commands go through redis-py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from redis.connection import AbstractConnection
 from ml_system.errors import StoreError
 from ml_system.features.online.base import ACTIVE_SNAPSHOT, BASE, OnlineRow, OnlineStore, check_snapshot_id
 from ml_system.features.online.codec import pack_values, unpack_values_at
+from ml_system.features.online.resp import RespLink, pack_command, supports
 
 _UPSERT_IF_NEWER = """
 local written = 0
@@ -69,25 +71,12 @@ def decode_rows(items: list[bytes | None]) -> list[OnlineRow | None]:
         return [None if item is None else decode_row(item) for item in items]
 
 
-def pack_command(args: Sequence[bytes]) -> bytes:
-    """One RESP request; the arguments are already bytes."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(parts)
-
-
 _MULTI = pack_command([b"MULTI"])
 _EXEC = pack_command([b"EXEC"])
 
 
 class _Link:
-    """One redis-py connection kept by one thread: URL options (password, database, TLS) as redis-py applies them.
-
-    A bare socket with hiredis was tried in its place and measured only 3%
-    faster here (p99 0.194 against 0.201 ms at one row): not worth a second
-    client to maintain.
-    """
+    """One redis-py connection kept by one thread, for what ``RespLink`` does not speak (TLS)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn: AbstractConnection = client.connection_pool.make_connection()
@@ -113,18 +102,19 @@ class _Link:
 class _PinnedLinks(threading.local):
     """Each thread's own connection for reads: no pool checkout per command."""
 
-    link: _Link | None = None
+    link: RespLink | _Link | None = None
 
 
 class RedisOnlineStore(OnlineStore):
-    def __init__(self, url: str, prefix: str = "mlsys") -> None:
+    def __init__(self, url: str, prefix: str = "mlsys", read_spin_us: int = 100) -> None:
         self.url = url
         self.prefix = prefix
+        self.read_spin_us = read_spin_us
         self._client = redis.Redis.from_url(url)
         self._upsert = self._client.register_script(_UPSERT_IF_NEWER)
         self._view_prefix: dict[tuple[str, str], bytes] = {}
         self._links = _PinnedLinks()
-        self._opened: list[_Link] = []
+        self._opened: list[RespLink | _Link] = []
         self._lock = threading.Lock()
         self._pointer_guess = BASE
         self._open_pointer_read = _MULTI + pack_command([b"HGET", f"{prefix}:meta".encode(), ACTIVE_SNAPSHOT.encode()])
@@ -137,7 +127,9 @@ class RedisOnlineStore(OnlineStore):
         """
         link = self._links.link
         if link is None:
-            link = self._links.link = _Link(self._client)
+            link = self._links.link = (
+                RespLink(self.url, self.read_spin_us) if supports(self.url) else _Link(self._client)
+            )
             with self._lock:
                 self._opened.append(link)
         try:
