@@ -232,7 +232,7 @@ def _polars_threads() -> tuple[int, int]:
 
     import polars as pl
 
-    return pl.thread_pool_size(), os.cpu_count() or 1
+    return pl.thread_pool_size(), len(os.sched_getaffinity(0))
 
 
 def test_join_tasks_use_only_the_cpu_they_reserve() -> None:
@@ -244,4 +244,5 @@ def test_join_tasks_use_only_the_cpu_they_reserve() -> None:
     pinned, cores = ray.get(_polars_threads.options(**JOIN_TASK_OPTIONS).remote())
     assert JOIN_TASK_OPTIONS["num_cpus"] == 1 and pinned == 1
     unpinned, _ = ray.get(_polars_threads.remote())
-    assert unpinned == cores  # what a task gets by default: the pin is what makes the difference
+    if cores > 1:  # what a task gets by default: a thread per core, so the pin is what makes the difference
+        assert unpinned > 1
