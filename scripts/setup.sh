@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv with Python 3.11 and install ml_system with the pinned dependency set.
-# System packages the tests and benchmarks talk to (redis-server, wrk) come from Debian when missing.
+# System packages the tests and benchmarks use (redis-server, wrk, openssl) come from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the Redis TLS test makes a throwaway certificate
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
