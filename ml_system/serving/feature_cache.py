@@ -19,7 +19,7 @@ from ml_system.serving.cache import MISSING, TTLCache
 
 
 def data_version(store: OnlineStore, views: Sequence[str], snapshot: str | None = None) -> str:
-    """What identifies the online data a replica reads, cheaply (a few meta probes).
+    """What identifies the online data a replica reads, cheaply (two meta reads).
 
     The active snapshot (switched atomically by a data rollout) plus each
     view's ``materialized_until`` mark in that namespace, which moves on every
@@ -27,8 +27,8 @@ def data_version(store: OnlineStore, views: Sequence[str], snapshot: str | None 
     """
     if snapshot is None:
         snapshot = store.active_snapshot()
-    marks = ",".join(f"{v}={store.get_meta(watermark_key(v, snapshot)) or ''}" for v in views)
-    return f"{snapshot or 'base'}|{marks}"
+    marks = store.get_meta_many([watermark_key(v, snapshot) for v in views])
+    return f"{snapshot or 'base'}|" + ",".join(f"{v}={m or ''}" for v, m in zip(views, marks, strict=True))
 
 
 class CachingOnlineStore(OnlineStore):
@@ -37,41 +37,57 @@ class CachingOnlineStore(OnlineStore):
         self.cache = cache
         self.views = list(views)
         self.version = ""
-        self.snapshot = BASE
+        self.snapshot: str | None = None  # resolved by refresh(); None: each read resolves it itself
 
     def refresh(self, needed: bool = False) -> str:
         """Re-read the data version (once per request, before any read).
 
         Skipped when no cache keys on it: ``needed`` is for callers with caches
-        of their own (predictions) that must never outlive a data change.
+        of their own (predictions) that must never outlive a data change. Once
+        read, the request's rows come from that same snapshot, so a switch in
+        between cannot file new rows under the old version.
         """
         if self.cache.enabled or needed:
             self.snapshot = self.inner.active_snapshot()
             self.version = data_version(self.inner, self.views, self.snapshot)
+        else:
+            self.snapshot = None
         return self.version
 
-    def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
+    def read_views(
+        self, requests: Sequence[tuple[str, Sequence[str]]], snapshot: str | None = None
+    ) -> list[list[OnlineRow | None]]:
+        """Cached rows, and every view's misses in one read of the backend."""
+        snapshot = self.snapshot if snapshot is None else snapshot
         if not self.cache.enabled:
-            return self.inner.read_views(requests)  # one round trip where the backend can
-        return [self.read(view, keys, self.snapshot) for view, keys in requests]
+            return self.inner.read_views(requests, snapshot)
+        out: list[list[OnlineRow | None]] = []
+        misses: list[tuple[int, list[int]]] = []
+        for n, (view, keys) in enumerate(requests):
+            rows: list[OnlineRow | None] = [None] * len(keys)
+            todo: list[int] = []
+            for i, key in enumerate(keys):
+                hit = self.cache.get((self.version, view, key))
+                if hit is MISSING:
+                    todo.append(i)
+                else:
+                    rows[i] = hit
+            out.append(rows)
+            if todo:
+                misses.append((n, todo))
+        if misses:
+            fetched = self.inner.read_views(
+                [(requests[n][0], [requests[n][1][i] for i in todo]) for n, todo in misses], snapshot
+            )
+            for (n, todo), got in zip(misses, fetched, strict=True):
+                view, keys = requests[n]
+                for i, row in zip(todo, got, strict=True):
+                    out[n][i] = row
+                    self.cache.put((self.version, view, keys[i]), row)
+        return out
 
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
-        if not self.cache.enabled:
-            return self.inner.read(view, keys, snapshot)
-        out: list[OnlineRow | None] = [None] * len(keys)
-        todo: list[int] = []
-        for i, key in enumerate(keys):
-            hit = self.cache.get((self.version, view, key))
-            if hit is MISSING:
-                todo.append(i)
-            else:
-                out[i] = hit
-        if todo:
-            fetched = self.inner.read(view, [keys[i] for i in todo], snapshot)
-            for i, row in zip(todo, fetched, strict=True):
-                out[i] = row
-                self.cache.put((self.version, view, keys[i]), row)
-        return out
+        return self.read_views([(view, keys)], snapshot)[0]
 
     def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
         return self.inner.write_batch(view, rows, snapshot)
@@ -81,6 +97,9 @@ class CachingOnlineStore(OnlineStore):
 
     def get_meta(self, name: str) -> str | None:
         return self.inner.get_meta(name)
+
+    def get_meta_many(self, names: Sequence[str]) -> list[str | None]:
+        return self.inner.get_meta_many(names)
 
     def set_meta(self, name: str, value: str) -> None:
         self.inner.set_meta(name, value)

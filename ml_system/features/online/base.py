@@ -74,6 +74,10 @@ class OnlineStore(ABC):
     def get_meta(self, name: str) -> str | None:
         """Small bookkeeping values, such as a view's materialized-until timestamp."""
 
+    def get_meta_many(self, names: Sequence[str]) -> list[str | None]:
+        """Several meta values in one read where the backend can (a replica's data version is five)."""
+        return [self.get_meta(name) for name in names]
+
     @abstractmethod
     def set_meta(self, name: str, value: str) -> None: ...
 
@@ -85,13 +89,18 @@ class OnlineStore(ABC):
         """The namespace readers use now; resolve once per request."""
         return self.get_meta(ACTIVE_SNAPSHOT) or BASE
 
-    def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
-        """Read several views from the namespace active *now*, all from the same one.
+    def read_views(
+        self, requests: Sequence[tuple[str, Sequence[str]]], snapshot: str | None = None
+    ) -> list[list[OnlineRow | None]]:
+        """Read several views from one namespace: ``snapshot``, or the one active *now*.
 
         The default resolves the pointer, then reads view by view; a backend
-        with server-side scripting can do both in one round trip.
+        with transactions can do both in one round trip. A caller that has
+        already resolved the pointer (a cache keyed on it) passes it, so its
+        keys and its rows name the same namespace.
         """
-        snapshot = self.active_snapshot()
+        if snapshot is None:
+            snapshot = self.active_snapshot()
         return [self.read(view, keys, snapshot) for view, keys in requests]
 
     def close(self) -> None:  # noqa: B027 - optional for backends without connections

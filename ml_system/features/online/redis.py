@@ -162,12 +162,12 @@ class RedisOnlineStore(OnlineStore):
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
         if not keys:
             return []
-        head = self._head(snapshot, view)
-        raw = self._call(pack_command([b"MGET", *[head + k.encode() for k in keys]]))
-        return decode_rows(raw)
+        return decode_rows(self._call(pack_command(self._mget([(view, keys)], snapshot))))
 
-    def read_views(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[OnlineRow | None]]:
-        """Pointer and every view in one round trip, atomically.
+    def read_views(
+        self, requests: Sequence[tuple[str, Sequence[str]]], snapshot: str | None = None
+    ) -> list[list[OnlineRow | None]]:
+        """Every view in one ``MGET``; with no ``snapshot``, the pointer too, atomically.
 
         ``MULTI; HGET pointer; MGET <keys in the namespace guessed>; EXEC``:
         the transaction runs with nothing in between, so the rows come from
@@ -181,19 +181,19 @@ class RedisOnlineStore(OnlineStore):
         counts = [len(keys) for _, keys in requests]
         if not sum(counts):
             return [[] for _ in requests]
-        guess = self._pointer_guess
-        for _ in range(8):
-            keys: list[bytes] = [b"MGET"]
-            for view, view_keys in requests:
-                head = self._head(guess, view)
-                keys.extend(head + k.encode() for k in view_keys)
-            pointer, raw = self._call(self._open_pointer_read + pack_command(keys) + _EXEC, replies=4)
-            active = BASE if pointer is None else check_snapshot_id(pointer.decode())
-            if active == guess:
-                break
-            guess = self._pointer_guess = active
+        if snapshot is not None:
+            raw = self._call(pack_command(self._mget(requests, snapshot)))
         else:
-            raise StoreError("the active snapshot changed on every one of 8 reads in a row")
+            guess = self._pointer_guess
+            for _ in range(8):
+                packed = self._open_pointer_read + pack_command(self._mget(requests, guess)) + _EXEC
+                pointer, raw = self._call(packed, replies=4)
+                active = BASE if pointer is None else check_snapshot_id(pointer.decode())
+                if active == guess:
+                    break
+                guess = self._pointer_guess = active
+            else:
+                raise StoreError("the active snapshot changed on every one of 8 reads in a row")
         rows = decode_rows(raw)
         out: list[list[OnlineRow | None]] = []
         start = 0
@@ -202,9 +202,22 @@ class RedisOnlineStore(OnlineStore):
             start += count
         return out
 
+    def _mget(self, requests: Sequence[tuple[str, Sequence[str]]], snapshot: str) -> list[bytes]:
+        command = [b"MGET"]
+        for view, keys in requests:
+            head = self._head(snapshot, view)
+            command.extend(head + k.encode() for k in keys)
+        return command
+
     def get_meta(self, name: str) -> str | None:
         value = self._client.hget(f"{self.prefix}:meta", name)
         return None if value is None else value.decode()
+
+    def get_meta_many(self, names: Sequence[str]) -> list[str | None]:
+        if not names:
+            return []
+        values = self._call(pack_command([b"HMGET", f"{self.prefix}:meta".encode(), *(n.encode() for n in names)]))
+        return [None if value is None else value.decode() for value in values]
 
     def set_meta(self, name: str, value: str) -> None:
         self._client.hset(f"{self.prefix}:meta", name, value)

@@ -110,6 +110,13 @@ class SqliteOnlineStore(OnlineStore):
         row = self._conn().execute("SELECT value FROM mlsys_meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else row[0]
 
+    def get_meta_many(self, names: Sequence[str]) -> list[str | None]:
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        found = dict(self._conn().execute(f"SELECT name, value FROM mlsys_meta WHERE name IN ({marks})", list(names)))
+        return [found.get(name) for name in names]
+
     def set_meta(self, name: str, value: str) -> None:
         self._conn().execute(
             "INSERT INTO mlsys_meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
