@@ -7,12 +7,12 @@ only scores pays for none of Serve's deploy machinery; the main names are here.
 from ml_system.serving.cache import TTLCache
 from ml_system.serving.deploy import deploy_config, fast_serving_env, run_app
 from ml_system.serving.feature_cache import CachingOnlineStore, data_version
-from ml_system.serving.model_deployment import BatchedBooster, BatchingConfig, XGBoostModel, select_device
+from ml_system.serving.model_deployment import BatchingConfig, RegisteredBooster, XGBoostModel, select_device
 
 __all__ = [
-    "BatchedBooster",
     "BatchingConfig",
     "CachingOnlineStore",
+    "RegisteredBooster",
     "TTLCache",
     "XGBoostModel",
     "data_version",

@@ -10,7 +10,6 @@ worker and replicas are the only processes that record.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -63,7 +62,3 @@ def record_request(route: str, status: int, latency_ms: float) -> None:
     m = serving_metrics()
     m.requests.inc(1, tags={"route": route, "status": str(status)})
     m.latency_ms.observe(latency_ms, tags={"route": route})
-
-
-def tags(**values: Any) -> dict[str, str]:
-    return {k: str(v) for k, v in values.items()}

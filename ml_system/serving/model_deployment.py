@@ -1,10 +1,11 @@
-"""The model: one registered XGBoost version, scored in batches, on CPU or GPU.
+"""The model: one registered XGBoost version, scored on CPU or GPU.
 
-``BatchedBooster`` gathers concurrent calls with ``@serve.batch`` and scores
-them in one ``inplace_predict``. It is a plain class so that an ingress can
-hold it in-process (no extra hop for a single row) or wrap it in its own
-deployment (``XGBoostModel``) to scale or place it apart, e.g. on a GPU.
-Batch size and wait are ``user_config`` knobs applied in ``reconfigure``, so
+``RegisteredBooster`` loads a version and scores a matrix; it is a plain class
+so that a replica holding features too (``FlightScorer``) can use it in-process
+and batch the whole request there. ``XGBoostModel`` is the model as its own
+deployment, to scale or place it apart (e.g. on a GPU): it gathers concurrent
+calls with ``@serve.batch`` and scores them in one ``inplace_predict``. Batch
+size and wait are ``user_config`` knobs applied in ``reconfigure``, so
 ``serve deploy`` changes them without restarting a replica.
 """
 
@@ -76,8 +77,25 @@ class BatchingConfig:
             enabled=bool(user_config.get("batching", True)),
         )
 
+    def skips_queue(self, rows: int) -> bool:
+        """Batching off, or the request is a batch already."""
+        return not self.enabled or rows >= self.max_batch_size
 
-class BatchedBooster:
+    def describe(self) -> dict[str, Any]:
+        return {
+            "batching": self.enabled,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+        }
+
+
+def configure_batch(method: Any, batching: BatchingConfig) -> None:
+    """Apply batch settings to a ``@serve.batch`` method of a live replica."""
+    method.set_max_batch_size(batching.max_batch_size)
+    method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+
+class RegisteredBooster:
     def __init__(
         self,
         model_name: str,
@@ -92,22 +110,14 @@ class BatchedBooster:
         self.device = select_device(device)
         self.booster.set_param({"nthread": 1, "device": self.device})
         self.columns = list(self.spec.feature_columns)
-        self.batching = BatchingConfig()
-        self._metrics_on = False
         log.info("serving %s version %s on %s", model_name, self.registered.version, self.device)
 
     def enable_metrics(self) -> None:
         """Inside a replica only: ``ray.util.metrics`` needs a Ray worker."""
-        self._metrics_on = True
         serving_metrics().model_version.set(
             1,
             tags={"model_name": self.registered.name, "model_version": self.registered.version, "device": self.device},
         )
-
-    def configure_batching(self, batching: BatchingConfig) -> None:
-        self.batching = batching
-        self._score_batch.set_max_batch_size(batching.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -117,35 +127,11 @@ class BatchedBooster:
             "feature_service": self.spec.feature_service,
             "threshold": self.spec.threshold,
             "device": self.device,
-            "batching": self.batching.enabled,
-            "max_batch_size": self.batching.max_batch_size,
-            "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,
         }
 
     def score_now(self, matrix: np.ndarray) -> np.ndarray:
         """Unbatched scoring, for callers that already hold many rows."""
         return np.asarray(self.booster.inplace_predict(matrix))
-
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _score_batch(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
-        sizes = [len(m) for m in matrices]
-        joined = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
-        if self._metrics_on:
-            serving_metrics().batch_size.observe(len(joined))
-        scores = self.score_now(joined)
-        return np.split(scores, np.cumsum(sizes)[:-1])
-
-    async def score(self, matrix: np.ndarray) -> np.ndarray:
-        """Score rows whose columns follow ``describe()['feature_columns']``.
-
-        Requests bigger than a batch skip the queue: they are a batch already.
-        """
-        matrix = np.asarray(matrix, dtype=np.float32)
-        if not self.batching.enabled or len(matrix) >= self.batching.max_batch_size:
-            if self._metrics_on:
-                serving_metrics().batch_size.observe(len(matrix))
-            return self.score_now(matrix)
-        return await self._score_batch(matrix)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
@@ -160,15 +146,31 @@ class XGBoostModel:
         version: str | None = None,
         device: str = "cpu",
     ) -> None:
-        self.model = BatchedBooster(model_name, alias, home, version, device)
+        self.model = RegisteredBooster(model_name, alias, home, version, device)
         self.model.enable_metrics()
+        self.batching = BatchingConfig()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.model.configure_batching(BatchingConfig.from_user_config(user_config))
+        self.batching = BatchingConfig.from_user_config(user_config)
+        configure_batch(self._score_batch, self.batching)
 
     def describe(self) -> dict[str, Any]:
-        return self.model.describe()
+        return {**self.model.describe(), **self.batching.describe()}
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _score_batch(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
+        sizes = [len(m) for m in matrices]
+        joined = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
+        serving_metrics().batch_size.observe(len(joined))
+        scores = self.model.score_now(joined)
+        return np.split(scores, np.cumsum(sizes)[:-1])
 
     async def predict(self, matrix: np.ndarray) -> dict[str, Any]:
-        scores = await self.model.score(matrix)
+        """Score rows whose columns follow ``describe()['feature_columns']``; a batch already skips the queue."""
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if self.batching.skips_queue(len(matrix)):
+            serving_metrics().batch_size.observe(len(matrix))
+            scores = self.model.score_now(matrix)
+        else:
+            scores = await self._score_batch(matrix)
         return {"probabilities": scores.tolist(), "model_version": self.model.registered.version}

@@ -94,10 +94,6 @@ def configure(exporter: str = "none") -> None:
         _configured = exporter
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 

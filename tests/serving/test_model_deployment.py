@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ray import serve
 
-from ml_system.serving.model_deployment import BatchedBooster, XGBoostModel
+from ml_system.serving.model_deployment import RegisteredBooster, XGBoostModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def test_concurrent_calls_are_batched_and_scored_like_the_booster(serve_port: in
             return list(await asyncio.gather(*(handle.predict.remote(m) for m in matrices)))
 
         answers = asyncio.run(all_at_once())
-        local = BatchedBooster("flight_delay", "champion", served_home.home)
+        local = RegisteredBooster("flight_delay", "champion", served_home.home)
         for matrix, answer in zip(matrices, answers, strict=True):
             assert answer["model_version"] == info["model_version"]
             np.testing.assert_allclose(answer["probabilities"], local.score_now(matrix), rtol=1e-6)

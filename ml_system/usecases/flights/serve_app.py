@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from ray import serve
@@ -49,7 +48,7 @@ from ml_system.serving.http import (
     read_body,
 )
 from ml_system.serving.metrics import record_request, serving_metrics
-from ml_system.serving.model_deployment import BatchedBooster, BatchingConfig, platform_config
+from ml_system.serving.model_deployment import BatchingConfig, RegisteredBooster, configure_batch, platform_config
 from ml_system.usecases.flights.features import ondemand_features, ondemand_row
 
 MAX_BODY_BYTES = 1_000_000
@@ -120,7 +119,8 @@ class FlightScorer:
     """
 
     def __init__(self, model_name: str, alias: str, home: str | None, device: str = "cpu") -> None:
-        self.model = BatchedBooster(model_name, alias, home, device=device)
+        self.model = RegisteredBooster(model_name, alias, home, device=device)
+        self.batching = BatchingConfig()
         store = FeatureStore(platform_config(home))
         self.reader = store.online_reader(feature_service=self.model.spec.feature_service)
         views = [view.name for view, _ in self.reader.plan]
@@ -141,10 +141,8 @@ class FlightScorer:
         self.model.enable_metrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        batching = BatchingConfig.from_user_config(user_config)
-        self.model.configure_batching(batching)
-        self._score_batch.set_max_batch_size(batching.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batching = BatchingConfig.from_user_config(user_config)
+        configure_batch(self._score_batch, self.batching)
         entries = int(user_config.get("cache_max_entries", 100_000))
         self.feature_cache.resize(float(user_config.get("feature_cache_ttl_s", 0)), entries)
         self.prediction_cache.resize(float(user_config.get("prediction_cache_ttl_s", 0)), entries)
@@ -152,6 +150,7 @@ class FlightScorer:
     def describe(self) -> dict[str, Any]:
         return {
             **self.model.describe(),
+            **self.batching.describe(),
             "feature_cache_ttl_s": self.feature_cache.ttl_s,
             "prediction_cache_ttl_s": self.prediction_cache.ttl_s,
             "feature_cache_hit_rate": round(self.feature_cache.hit_rate(), 4),
@@ -191,8 +190,7 @@ class FlightScorer:
         the queue.
         """
         parent = tracing.current()
-        batching = self.model.batching
-        if not batching.enabled or len(rows) >= batching.max_batch_size:
+        if self.batching.skips_queue(len(rows)):
             return self.score_now(rows, [parent])
         return await self._score_batch(rows, parent)
 
@@ -283,7 +281,14 @@ class FlightScorerDeployment:
     async def score(self, rows: list[FlightRow], trace_carrier: dict[str, str]) -> dict[str, Any]:
         with tracing.request_span("scorer", trace_carrier):
             probs, missing = await self.scorer.score(rows)
-        return {"probabilities": probs, "missing": missing, "model_version": self.scorer.version, "served_by": self.tag}
+        return {
+            "probabilities": probs,
+            "missing": missing,
+            "model_name": self.scorer.model.registered.name,
+            "model_version": self.scorer.version,
+            "threshold": self.scorer.threshold,
+            "served_by": self.tag,
+        }
 
 
 api = FastAPI(
@@ -291,12 +296,6 @@ api = FastAPI(
     description="Probability that a departure from New York is more than 15 minutes late.",
     version="1",
 )
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    detail = [{"loc": list(e["loc"]), "msg": str(e["msg"]), "type": e["type"]} for e in exc.errors()]
-    return json_response({"detail": detail}, 422)
 
 
 _PREDICT_DOC: dict[str, Any] = {
@@ -404,19 +403,14 @@ class FlightDelayAPI:
         rows = [_row(f) for f in flights]
         if self.local is not None:
             probs, missing = await self.local.score(rows)
-            version, served_by, name = self.local.version, self.tag, self.local.model.registered.name
-        else:
+            name, version, threshold = self.local.model.registered.name, self.local.version, self.local.threshold
+            served_by = self.tag
+        else:  # the scorer replica that answered says which model it used: a rollout may be under way
             session = request.headers.get(SESSION_HEADER)
             handle = self.remote.options(session_id=session) if session else self.remote  # type: ignore[union-attr]
             out = await handle.score.remote(rows, tracing.inject())
-            probs, missing, version, served_by = (
-                out["probabilities"],
-                out["missing"],
-                out["model_version"],
-                out["served_by"],
-            )
-            name = (await self._describe())["model_name"]
-        threshold = self.local.threshold if self.local is not None else float((await self._describe())["threshold"])
+            probs, missing, served_by = out["probabilities"], out["missing"], out["served_by"]
+            name, version, threshold = out["model_name"], out["model_version"], out["threshold"]
         predictions = [
             {
                 "carrier": f.carrier,
