@@ -18,12 +18,7 @@ from ml_system.config import OnlineStoreConfig
 from ml_system.features.definitions import FeatureView
 from ml_system.features.online import entity_key, open_online_store
 from ml_system.features.online.base import BASE
-from ml_system.features.pit_join import ensure_utc
-
-
-def to_ns(series: pd.Series, column: str) -> np.ndarray:
-    utc = ensure_utc(series, column)
-    return utc.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").view("int64")
+from ml_system.features.pit_join import timestamps_ns
 
 
 def latest_rows(df: pd.DataFrame, view: FeatureView) -> list[tuple[str, int, int, list[Any]]]:
@@ -33,9 +28,9 @@ def latest_rows(df: pd.DataFrame, view: FeatureView) -> list[tuple[str, int, int
     src = view.source
     keys = list(view.join_keys)
     df = df.dropna(subset=keys)
-    ev = to_ns(df[src.timestamp_field], src.timestamp_field)
+    ev = timestamps_ns(df[src.timestamp_field], src.timestamp_field)
     cr = (
-        to_ns(df[src.created_timestamp_field], src.created_timestamp_field)
+        timestamps_ns(df[src.created_timestamp_field], src.created_timestamp_field)
         if (src.created_timestamp_field and src.created_timestamp_field in df)
         else ev
     )
@@ -79,7 +74,7 @@ class WriteLatest:
         self.snapshot = snapshot
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        ts = to_ns(batch[self.view.source.timestamp_field], self.view.source.timestamp_field)
+        ts = timestamps_ns(batch[self.view.source.timestamp_field], self.view.source.timestamp_field)
         mask = ts <= self.end_ns
         if self.start_ns is not None:
             mask &= ts > self.start_ns

@@ -128,18 +128,32 @@ def split_by(df: pd.DataFrame, ids: np.ndarray, num_partitions: int) -> list[pd.
 
 
 @ray.remote
-def _split(block: Any, keys: list[str], num_partitions: int) -> list[pd.DataFrame] | pd.DataFrame:
+def _split(
+    block: Any, keys: list[str], num_partitions: int, kinds: Sequence[KeyKind] | None = None
+) -> list[pd.DataFrame] | pd.DataFrame:
     if not isinstance(block, pd.DataFrame):
         block = block.to_pandas()
-    parts = split_by(block, partition_ids(block, keys, num_partitions), num_partitions)
+    parts = split_by(block, partition_ids(block, keys, num_partitions, kinds), num_partitions)
     return parts if num_partitions > 1 else parts[0]
 
 
-def hash_partition(blocks: list[ray.ObjectRef], keys: list[str], num_partitions: int) -> list[list[ray.ObjectRef]]:
-    """Return ``parts[p]``: the refs of partition p cut from every block."""
+def hash_partition(
+    blocks: list[ray.ObjectRef],
+    keys: list[str],
+    num_partitions: int,
+    kinds: Sequence[KeyKind] | None = None,
+    task_options: dict[str, Any] | None = None,
+) -> list[list[ray.ObjectRef]]:
+    """Return ``parts[p]``: the refs of partition p cut from every block.
+
+    ``kinds`` fixes how each key hashes (see ``common_kinds``); ``task_options``
+    are Ray options for the split tasks (the join pins their threads).
+    """
     per_block = []
     for block in blocks:
-        refs = _split.options(num_returns=num_partitions).remote(block, keys, num_partitions)
+        refs = _split.options(num_returns=num_partitions, **(task_options or {})).remote(
+            block, keys, num_partitions, kinds
+        )
         per_block.append(refs if num_partitions > 1 else [refs])
     return [[refs[p] for refs in per_block] for p in range(num_partitions)]
 

@@ -49,6 +49,7 @@ from ml_system.errors import EntityDataError
 from ml_system.features.partitioning import (
     KeyKind,
     common_kinds,
+    hash_partition,
     key_kind,
     normalise_key,
     partition_ids,
@@ -293,16 +294,6 @@ def _split_features(
 
 
 @ray.remote(**JOIN_TASK_OPTIONS)
-def _split_entities(
-    block: Any, keys: list[str], kinds: tuple[KeyKind, ...], num_partitions: int
-) -> list[pd.DataFrame] | pd.DataFrame:
-    if not isinstance(block, pd.DataFrame):
-        block = block.to_pandas()
-    parts = split_by(block, partition_ids(block, keys, num_partitions, kinds), num_partitions)
-    return parts if num_partitions > 1 else parts[0]
-
-
-@ray.remote(**JOIN_TASK_OPTIONS)
 def _time_range(block: Any, column: str) -> tuple[int, int] | None:
     if not isinstance(block, pd.DataFrame):
         block = block.to_pandas()
@@ -381,17 +372,6 @@ def _join_stage(
     return out
 
 
-def _split_entity_blocks(
-    blocks: list[ray.ObjectRef], keys: list[str], kinds: tuple[KeyKind, ...], parts: int
-) -> list[list[ray.ObjectRef]]:
-    """``out[p]``: partition p's pieces, one cut from every entity block."""
-    per_block = []
-    for block in blocks:
-        refs = _split_entities.options(num_returns=parts).remote(block, keys, kinds, parts)
-        per_block.append(refs if parts > 1 else [refs])
-    return [[refs[p] for refs in per_block] for p in range(parts)]
-
-
 def _entity_chunks(rows: int, parts: int) -> int:
     """Blocks a driver-side entity frame is put as: one per million rows, at most one per partition."""
     return max(1, min(parts, -(-rows // 1_000_000)))
@@ -417,10 +397,10 @@ def join_pandas(
     joined concurrently.
     """
     parts = num_partitions or default_partitions()
-    entity_ns = timestamps_ns(entity_df[timestamp_column], timestamp_column)
-    span = None if len(entity_ns) == 0 else TimeRange(int(entity_ns.min()), int(entity_ns.max()))
     result = entity_df.reset_index(drop=True)
     result[timestamp_column] = ensure_utc(result[timestamp_column], timestamp_column)
+    entity_ns = np.asarray(result[timestamp_column].array.asi8)
+    span = None if len(entity_ns) == 0 else TimeRange(int(entity_ns.min()), int(entity_ns.max()))
     pending: list[tuple[list[str], list[ray.ObjectRef]]] = []
     for stage in _stages(views):
         keys = list(stage[0][0].join_keys)
@@ -432,7 +412,7 @@ def join_pandas(
         # a sixth of the whole join at 4M rows
         bounds = np.linspace(0, len(frame), _entity_chunks(len(frame), parts) + 1).astype(int)
         chunks = [ray.put(frame.iloc[a:b]) for a, b in pairwise(bounds)]
-        left_parts = _split_entity_blocks(chunks, keys, kinds, parts)
+        left_parts = hash_partition(chunks, keys, parts, kinds, JOIN_TASK_OPTIONS)
         refs = _join_stage(left_parts, stage, kinds, _ENTITY_NS, parts, span, bitemporal, keep_left=False)
         pending.append(([f for spec, _ in stage for f in spec.features], refs))
     for features, refs in pending:
@@ -465,6 +445,6 @@ def join_blocks(
     for stage in _stages(views):
         keys = list(stage[0][0].join_keys)
         kinds = key_kinds[stage[0][0].join_keys]
-        left_parts = _split_entity_blocks(current, keys, kinds, parts)
+        left_parts = hash_partition(current, keys, parts, kinds, JOIN_TASK_OPTIONS)
         current = _join_stage(left_parts, stage, kinds, timestamp_column, parts, span, bitemporal, keep_left=True)
     return current

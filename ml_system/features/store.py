@@ -280,7 +280,8 @@ class FeatureStore:
             if view.source.created_timestamp_field:
                 src_cols.append(view.source.created_timestamp_field)
             schema = self.offline.schema(table, version)
-            missing = [c for c in src_cols if c not in set(schema.names)]
+            have = set(schema.names)
+            missing = [c for c in src_cols if c not in have]
             if missing:
                 raise StoreError(f"feature view '{view_name}': source table '{table}' lacks columns {missing}")
             spec = JoinSpec(
@@ -353,21 +354,28 @@ class FeatureStore:
         """
         start_ns, end_ns = window_ns(start, end)
         namespace = self.online.active_snapshot() if snapshot is None else snapshot
+        selected = self._checked_views(views)
+        return {view.name: self._materialize_view(view, start_ns, end_ns, namespace, writer) for view in selected}
+
+    def _checked_views(self, views: list[str] | None) -> list[FeatureView]:
+        """The selected views, every source checked before anything is written."""
         selected = self._views(views)
         for view in selected:
             self._check_source(view, require_table=True)
-        written: dict[str, int] = {}
-        for view in selected:
-            cols = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
-            if view.source.created_timestamp_field:
-                cols.append(view.source.created_timestamp_field)
-            ds = self.offline.read_dataset(view.source.table, columns=cols)
-            counts = ds.map_batches(
-                writer(view, self.config.online_store, start_ns, end_ns, namespace), batch_format="pandas"
-            ).take_all()
-            written[view.name] = int(sum(r["written"] for r in counts))
-            self.online.set_meta(watermark_key(view.name, namespace), str(end_ns))
-        return written
+        return selected
+
+    def _materialize_view(
+        self, view: FeatureView, start_ns: int | None, end_ns: int, namespace: str, writer: type[WriteLatest]
+    ) -> int:
+        cols = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
+        if view.source.created_timestamp_field:
+            cols.append(view.source.created_timestamp_field)
+        ds = self.offline.read_dataset(view.source.table, columns=cols)
+        counts = ds.map_batches(
+            writer(view, self.config.online_store, start_ns, end_ns, namespace), batch_format="pandas"
+        ).take_all()
+        self.online.set_meta(watermark_key(view.name, namespace), str(end_ns))
+        return int(sum(r["written"] for r in counts))
 
     def materialized_until(self, view: str, snapshot: str | None = None) -> datetime | None:
         namespace = self.online.active_snapshot() if snapshot is None else snapshot
@@ -379,13 +387,10 @@ class FeatureStore:
     ) -> dict[str, int]:
         """Each view resumes from where its last materialization (into the active snapshot) ended."""
         namespace = self.online.active_snapshot()
-        selected = self._views(views)
-        for view in selected:
-            self._check_source(view, require_table=True)
         written: dict[str, int] = {}
-        for view in selected:
-            start = self.materialized_until(view.name, namespace)
-            written.update(self.materialize(start, end, views=[view.name], snapshot=namespace, writer=writer))
+        for view in self._checked_views(views):
+            start_ns, end_ns = window_ns(self.materialized_until(view.name, namespace), end)
+            written[view.name] = self._materialize_view(view, start_ns, end_ns, namespace, writer)
         return written
 
     def freshness(self, view_name: str) -> Freshness:

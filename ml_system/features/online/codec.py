@@ -30,15 +30,4 @@ def unpack_values(payload: bytes | memoryview | str) -> list[Any]:
         return json.loads(payload)
     if payload[:1] == b"[":
         return json.loads(bytes(payload))
-    return _unpackb(payload)
-
-
-_unpackb = msgpack.unpackb  # use_list=True is its default
-_JSON_OPEN = ord("[")
-
-
-def unpack_values_at(item: bytes, offset: int) -> list[Any]:
-    """Values stored after a fixed-width header; avoids slicing off the header when the row is MessagePack."""
-    if item[offset] == _JSON_OPEN:
-        return json.loads(item[offset:])
-    return _unpackb(memoryview(item)[offset:])
+    return msgpack.unpackb(payload)

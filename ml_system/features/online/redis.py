@@ -31,7 +31,7 @@ from redis.connection import AbstractConnection
 
 from ml_system.errors import StoreError
 from ml_system.features.online.base import ACTIVE_SNAPSHOT, BASE, OnlineRow, OnlineStore, check_snapshot_id
-from ml_system.features.online.codec import pack_values, unpack_values_at
+from ml_system.features.online.codec import pack_values, unpack_values
 from ml_system.features.online.resp import RespLink, pack_command, supports
 
 _UPSERT_IF_NEWER = """
@@ -54,21 +54,21 @@ def encode_row(event_ts: int, created_ts: int, values: list[Any]) -> bytes:
     return b"%020d%020d" % (event_ts, created_ts) + pack_values(values)
 
 
-def decode_row(item: bytes) -> OnlineRow:
-    return OnlineRow(int(item[:20]), int(item[20:40]), unpack_values_at(item, 40))
-
-
 def decode_rows(items: list[bytes | None]) -> list[OnlineRow | None]:
     """A reply's rows; one loop with locals bound, since 100 rows make this the read's largest cost.
 
     Rows in the first format (JSON values) fail MessagePack with extra data,
-    and only then does the reply go through the slower per-row decoder.
+    and only then does the reply go through the slower decoder.
     """
-    row, unpack = OnlineRow, msgpack.unpackb
     try:
-        return [None if item is None else row(int(item[:20]), int(item[20:40]), unpack(item[40:])) for item in items]
+        return _decode(items, msgpack.unpackb)
     except (msgpack.ExtraData, ValueError):
-        return [None if item is None else decode_row(item) for item in items]
+        return _decode(items, unpack_values)
+
+
+def _decode(items: list[bytes | None], unpack: Any) -> list[OnlineRow | None]:
+    row = OnlineRow
+    return [None if item is None else row(int(item[:20]), int(item[20:40]), unpack(item[40:])) for item in items]
 
 
 _MULTI = pack_command([b"MULTI"])
@@ -117,6 +117,7 @@ class RedisOnlineStore(OnlineStore):
         self._opened: list[RespLink | _Link] = []
         self._lock = threading.Lock()
         self._pointer_guess = BASE
+        self._namespaces: dict[bytes | None, str] = {}
         self._open_pointer_read = _MULTI + pack_command([b"HGET", f"{prefix}:meta".encode(), ACTIVE_SNAPSHOT.encode()])
 
     def _call(self, packed: bytes, replies: int = 1) -> Any:
@@ -188,7 +189,9 @@ class RedisOnlineStore(OnlineStore):
             for _ in range(8):
                 packed = self._open_pointer_read + pack_command(self._mget(requests, guess)) + _EXEC
                 pointer, raw = self._call(packed, replies=4)
-                active = BASE if pointer is None else check_snapshot_id(pointer.decode())
+                active = self._namespaces.get(pointer)
+                if active is None:  # a pointer value not seen before: check it once, not per read
+                    active = self._namespaces[pointer] = BASE if not pointer else check_snapshot_id(pointer.decode())
                 if active == guess:
                     break
                 guess = self._pointer_guess = active
