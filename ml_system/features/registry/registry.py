@@ -130,12 +130,8 @@ def _move(entry: dict[str, Any], name: str, state: Lifecycle, by: str, reason: s
     entry.setdefault("history", []).append(_event(state, by, reason))
 
 
-def _live_users(doc: dict[str, Any], view: str) -> list[dict[str, Any]]:
-    return [c for c in doc["consumers"].values() if not c["archived"] and view in c["views"]]
-
-
 def _refuse_if_used(doc: dict[str, Any], view: str, action: str) -> None:
-    users = _live_users(doc, view)
+    users = [c for c in doc["consumers"].values() if not c["archived"] and view in c["views"]]
     if users:
         names = ", ".join(f"{c['model']} v{c['version']} (service {c['feature_service']})" for c in users)
         raise DefinitionError(
@@ -215,8 +211,10 @@ class Registry:
         return services[name]
 
     def history(self, view: str) -> list[LifecycleEvent]:
-        self.feature_view(view)
-        entry = self._load()[1]["feature_views"][view]
+        views = self._load()[1]["feature_views"]
+        if view not in views:
+            raise DefinitionError(f"no feature view named '{view}' is registered (have {sorted(views)})")
+        entry = views[view]
         return [
             LifecycleEvent(Lifecycle(e["state"]), e["by"], datetime.fromisoformat(e["at"]), e["reason"])
             for e in entry.get("history", [])
@@ -261,16 +259,12 @@ class Registry:
         raise StoreError(f"registry at {self.uri}: gave up after {self.max_attempts} conflicting writers")
 
     def _desired(self, objects: list[Definition], doc: dict[str, Any], by: str, prune: bool) -> None:
-        entities = {**_entities(doc), **{o.name: o for o in objects if isinstance(o, Entity)}}
         given: dict[str, set[str]] = {"entities": set(), "feature_views": set(), "feature_services": set()}
         for obj in objects:
             if isinstance(obj, Entity):
                 doc["entities"][obj.name] = {"join_keys": list(obj.join_keys), "description": obj.description}
                 given["entities"].add(obj.name)
-            elif isinstance(obj, FeatureView):
-                for ent in obj.entities:
-                    if ent.name not in entities:
-                        raise DefinitionError(f"feature view '{obj.name}' uses unregistered entity '{ent.name}'")
+            elif isinstance(obj, FeatureView):  # its entities are checked with the whole document (_validate)
                 entry = _view_to_dict(obj)
                 old = doc["feature_views"].get(obj.name)
                 if old is None:
