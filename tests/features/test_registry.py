@@ -94,6 +94,13 @@ def test_a_failed_apply_leaves_the_registry_as_it_was(registry: Registry, platfo
         registry.apply([view("good"), FeatureService("svc", ["good:rate", "stats:nope"])])
     assert registry.version == before
     assert registry.document() == doc
+    rider = Entity("rider", ["rider_id"])
+    orphan = FeatureView("trips", [rider], [Field("n")], DeltaSource("trips"), owner="team-a")
+    with pytest.raises(DefinitionError, match="feature view 'trips' uses unregistered entity 'rider'"):
+        registry.apply([orphan])
+    with pytest.raises(DefinitionError, match="unregistered entity 'driver'"):
+        registry.apply([view("stats", ("rate", "trips")), view("other", ("score",))], prune=True)  # drops driver
+    assert registry.version == before
     # the same through the store, where the failure is the source table lacking a column
     store = FeatureStore(platform_config)
     store.apply([driver, view("stats", ("rate", "trips"))])
