@@ -43,6 +43,7 @@ from ml_system.features.online import OnlineStore
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.sqlite import SqliteOnlineStore
 from ml_system.features.store import OnlineFeatureReader
+from ml_system.serving.deploy import free_port
 
 N_ENTITIES = 100_000
 N_FEATURES = 10
@@ -53,12 +54,6 @@ VIEW = FeatureView(
     DeltaSource("bench"),
     ttl=timedelta(days=1),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

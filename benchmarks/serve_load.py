@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,12 +49,6 @@ SETUPS = {
     "serve": {"ha_proxy": True, "user_config": {"max_batch_size": 64, "batch_wait_timeout_s": 0.002, **NO_CACHE}},
     "naive": {"ha_proxy": False, "user_config": {"batching": False, **NO_CACHE}},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- child: one Serve setup on its own local cluster -------------------------------------------
@@ -160,6 +153,8 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
 
 
 def start(setup: str, home: str, replicas: int) -> tuple[subprocess.Popen[str], str]:
+    from ml_system.serving.deploy import free_port
+
     port = free_port()
     env = {**os.environ, "MLSYS_HOME": home, "PYTHONPATH": str(ROOT)}
     if setup == "bare":

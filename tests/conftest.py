@@ -20,14 +20,9 @@ import pytest
 import ray
 
 from ml_system.config import PlatformConfig, load_config
+from ml_system.serving.deploy import free_port
 from ml_system.training.pipeline import TrainReport
 from ml_system.usecases.flights import pipeline
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, seconds: float) -> None:

@@ -23,7 +23,8 @@ from ray.serve import Application
 from ml_system.config import ServingConfig
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it; a race with another binder stays possible)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -46,7 +47,7 @@ def fast_serving_env(state_dir: str | Path) -> dict[str, str]:
     """
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    base = min(_free_port(), 65_400)
+    base = min(free_port(), 65_400)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         # HAProxy's default of 4 threads competes with the replicas on small nodes
@@ -60,8 +61,8 @@ def fast_serving_env(state_dir: str | Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
     }
 
 
