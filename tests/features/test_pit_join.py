@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import numpy as np
 import pandas as pd
 import pytest
 import ray
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from ml_system.errors import EntityDataError, FeatureReferenceError, StoreError
 from ml_system.features import DeltaSource, Entity, FeatureStore, FeatureView, Field
 from ml_system.features.pit_join import JoinSpec, asof_join
+from tests.features.pit_reference import brute_force
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -216,21 +216,6 @@ def test_view_whose_source_lacks_a_column_is_refused(store: FeatureStore) -> Non
 # ---- property test of the partition join against a brute-force reference --------------------
 
 
-def brute_force(left: pd.DataFrame, right: pd.DataFrame, ttl: timedelta | None) -> list[float | None]:
-    out: list[float | None] = []
-    for _, row in left.iterrows():
-        t = row["event_timestamp"]
-        cand = right[(right["k"] == row["k"]) & (right["ts"] <= t)]
-        if ttl is not None:
-            cand = cand[cand["ts"] > t - ttl]
-        if cand.empty:
-            out.append(None)
-            continue
-        cand = cand.assign(order=np.arange(len(cand))).sort_values(["ts", "created", "order"], kind="stable")
-        out.append(float(cand["v"].iloc[-1]))
-    return out
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     feats=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 20), st.integers(0, 3)), max_size=30),
@@ -258,5 +243,5 @@ def test_partition_join_matches_brute_force(feats, ents, ttl_hours) -> None:
     ttl = None if ttl_hours is None else timedelta(hours=ttl_hours)
     spec = JoinSpec(join_keys=("k",), features=("v",), timestamp_field="ts", created_timestamp_field="created", ttl=ttl)
     got = asof_join(left, right, spec, "event_timestamp")["v"].tolist()
-    want = brute_force(left, right, ttl)
+    want = brute_force(left, right, ["k"], ttl, bitemporal=False)
     assert [None if pd.isna(g) else g for g in got] == want

@@ -20,33 +20,12 @@ from hypothesis import strategies as st
 
 from ml_system.features.partitioning import KeyKind, key_kind, partition_ids
 from ml_system.features.pit_join import JOIN_TASK_OPTIONS, JoinSpec, asof_join, join_blocks, join_pandas
+from tests.features.pit_reference import brute_force
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
 BASE = pd.Timestamp("2024-01-01", tz="UTC")
 HOUR_NS = 3_600_000_000_000
-
-
-def brute_force(
-    left: pd.DataFrame, right: pd.DataFrame, keys: list[str], ttl: timedelta | None, bitemporal: bool
-) -> list[float | None]:
-    """Row by row, straight from BRIEF §3 (plus ``created <= t`` when bitemporal)."""
-    out: list[float | None] = []
-    right = right.assign(order=np.arange(len(right)))
-    for _, row in left.iterrows():
-        t = row["event_timestamp"]
-        cand = right[(right["ts"] <= t)]
-        for key in keys:
-            cand = cand[cand[key] == row[key]]
-        if ttl is not None:
-            cand = cand[cand["ts"] > t - ttl]
-        if bitemporal:
-            cand = cand[cand["created"] <= t]
-        if cand.empty:
-            out.append(None)
-            continue
-        out.append(float(cand.sort_values(["ts", "created", "order"])["v"].iloc[-1]))
-    return out
 
 
 def as_list(values: pd.Series) -> list[float | None]:
