@@ -59,6 +59,12 @@ class OnlineStoreConfig(_Section):
     within the spin makes the reader stop spinning for a while (``online/resp.py``)."""
 
 
+class FeaturesConfig(_Section):
+    max_future_skew_s: float = Field(300.0, ge=0)
+    """How far past this machine's clock an event time may lie (a pushed row, a materialization
+    ``end``). Rows from the future would win every later upsert for their key, so they are refused."""
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = ""
     artifact_location: str = ""
@@ -77,6 +83,7 @@ class PlatformConfig(_Section):
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
