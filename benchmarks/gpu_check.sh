@@ -15,23 +15,25 @@ import sys, tempfile, httpx, ray, yaml
 from pathlib import Path
 from ml_system.config import load_config
 from ml_system.serving.deploy import deploy_config
-from ml_system.usecases.flights import pipeline
-from ml_system.usecases.flights.serve_app import flights_from_frame
+from ml_system.pipelines import steps
+from ml_system.usecase import load_usecase
+from ml_system.usecases.flights.demo import DEMO_CUTOFF, demo_requests
 
 home = sys.argv[1]
 cfg = load_config(environ={"MLSYS_HOME": home})
 ray.init(address="local", object_store_memory=1_000_000_000, include_dashboard=False)
 if not (Path(home) / "online.db").exists():
-    pipeline.build_features(cfg)
-    pipeline.train(cfg, num_samples=1, num_boost_round=200)
-    pipeline.materialize(cfg, end=pipeline.DEMO_CUTOFF.to_pydatetime())
+    flights = load_usecase("flights")
+    steps.build_features(cfg, flights)
+    steps.train(cfg, flights, num_samples=1, num_boost_round=200)
+    steps.materialize(cfg, end=DEMO_CUTOFF.to_pydatetime())
 doc = yaml.safe_load(open("serve_configs/flight_delay_gpu.yaml"))
 doc["http_options"]["port"] = 8123
 doc["applications"][0]["args"]["home"] = home
 url = deploy_config(doc)["flight_delay"]
 info = httpx.get(f"{url}/info", timeout=30).json()
 print("scorer device:", info["device"], "served by", info["served_by"])
-rows = flights_from_frame(pipeline.demo_flights(cfg))
+rows = demo_requests(cfg)
 resp = httpx.post(f"{url}/predict", json={"flights": rows[:100]}, timeout=60)
 print("predict:", resp.status_code, resp.json()["predictions"][0])
 ray.shutdown()

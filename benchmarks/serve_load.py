@@ -62,8 +62,8 @@ def run_child(setup: str, home: str, port: int, replicas: int) -> None:
     import ray
 
     from ml_system.config import ServingConfig
+    from ml_system.serving.app import build_app
     from ml_system.serving.deploy import run_app
-    from ml_system.usecases.flights.serve_app import build_app
 
     ray.init(address="local", num_cpus=2, object_store_memory=500_000_000, include_dashboard=False, log_to_driver=False)
     from ray import serve
@@ -75,7 +75,7 @@ def run_child(setup: str, home: str, port: int, replicas: int) -> None:
         # HAProxy a moment to add the late ones to its backend
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            states = serve.status().applications["flight_delay"].deployments["FlightDelayAPI"].replica_states
+            states = serve.status().applications["flight_delay"].deployments["Ingress"].replica_states
             if states.get("RUNNING", 0) >= replicas:
                 break
             time.sleep(0.5)
@@ -195,14 +195,17 @@ def ensure_home(home: str | None) -> str:
     print(f"building a small platform home in {home} (a few minutes)", flush=True)
     import ray
 
-    from ml_system.usecases.flights import pipeline
+    from ml_system.pipelines import steps
+    from ml_system.usecase import load_usecase
+    from ml_system.usecases.flights.demo import DEMO_CUTOFF
 
     cfg = load_config(environ={"MLSYS_HOME": home})
+    flights = load_usecase("flights")
     ray.init(address="local", num_cpus=2, object_store_memory=800_000_000, include_dashboard=False, log_to_driver=False)
     try:
-        pipeline.build_features(cfg)
-        pipeline.train(cfg, num_samples=2, num_boost_round=50)
-        pipeline.materialize(cfg, end=pipeline.DEMO_CUTOFF.to_pydatetime())
+        steps.build_features(cfg, flights)
+        steps.train(cfg, flights, num_samples=2, num_boost_round=50)
+        steps.materialize(cfg, end=DEMO_CUTOFF.to_pydatetime())
     finally:
         ray.shutdown()
     return home
@@ -210,10 +213,9 @@ def ensure_home(home: str | None) -> str:
 
 def demo_rows(home: str, hours: int) -> list[dict[str, Any]]:
     from ml_system.config import load_config
-    from ml_system.usecases.flights import pipeline
-    from ml_system.usecases.flights.serve_app import flights_from_frame
+    from ml_system.usecases.flights.demo import demo_flights, flights_from_frame
 
-    return flights_from_frame(pipeline.demo_flights(load_config(environ={"MLSYS_HOME": home}), hours=hours))
+    return flights_from_frame(demo_flights(load_config(environ={"MLSYS_HOME": home}), hours=hours))
 
 
 def main() -> None:

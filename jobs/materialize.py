@@ -1,6 +1,8 @@
 """Job: newest feature values into the online store.
 
-ray job submit --working-dir . -- python jobs/materialize.py --end 2013-12-30T17:00:00-05:00
+ray job submit --working-dir . -- python jobs/materialize.py --end 2013-12-30T17:00:00-05:00 [--usecase flights]
+
+Every registered view is written, or with ``--usecase`` the views that use case's feature service reads.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import setup
 
-from ml_system.usecases.flights import pipeline
+from ml_system.pipelines import steps
 
 
 def _aware(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -27,8 +29,9 @@ def main() -> None:
     parser.add_argument("--end", required=True, type=datetime.fromisoformat, help="ISO-8601 with UTC offset")
     parser.add_argument("--start", type=datetime.fromisoformat, default=None)
     parser.add_argument("--incremental", action="store_true")
-    args, config = setup(parser, check=_aware)
-    written = pipeline.materialize(config, args.end, args.start, incremental=args.incremental)
+    args, config, usecase = setup(parser, check=_aware)
+    only = usecase if args.usecase else None
+    written = steps.materialize(config, args.end, args.start, incremental=args.incremental, usecase=only)
     for view, rows in sorted(written.items()):
         print(f"{view}: {rows} rows upserted into the {config.online_store.type} online store", flush=True)
 

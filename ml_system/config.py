@@ -68,7 +68,8 @@ class FeaturesConfig(_Section):
 class MlflowConfig(_Section):
     tracking_uri: str = ""
     artifact_location: str = ""
-    experiment: str = "flight_delay"
+    experiment: str = ""
+    """MLflow experiment of training runs; empty: one experiment per model, named after it."""
 
 
 class ServingConfig(_Section):
@@ -79,6 +80,8 @@ class ServingConfig(_Section):
 
 class PlatformConfig(_Section):
     home: str = ""
+    usecases: dict[str, str] = Field(default_factory=dict)
+    """Extra or replacement use cases, ``name: package.module:attribute``, over the built-in table."""
     ray: RayConfig = Field(default_factory=RayConfig)
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

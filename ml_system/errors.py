@@ -35,3 +35,11 @@ class ModelNotFoundError(MLSystemError):
 
 class ModelIntegrityError(MLSystemError):
     """A model artifact's checksum does not match the one recorded at training."""
+
+
+class UseCaseError(MLSystemError):
+    """A use case is unknown, lacks a required part or collides with another one."""
+
+
+class StoreUnavailableError(StoreError):
+    """A store did not answer within its deadline or could not be reached; retrying later may work."""

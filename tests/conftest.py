@@ -20,9 +20,11 @@ import pytest
 import ray
 
 from ml_system.config import PlatformConfig, load_config
+from ml_system.pipelines import steps
 from ml_system.serving.deploy import free_port
-from ml_system.training.pipeline import TrainReport
-from ml_system.usecases.flights import pipeline
+from ml_system.training.trainer import TrainReport
+from ml_system.usecase import load_usecase
+from ml_system.usecases.flights.demo import DEMO_CUTOFF
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, seconds: float) -> None:
@@ -122,9 +124,10 @@ class FlightsPlatform:
 def flights_platform(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> FlightsPlatform:
     home: Path = tmp_path_factory.mktemp("flights") / "mlsys"
     config = make_config(home)
-    pipeline.build_features(config)
-    report = pipeline.train(config, num_samples=2, num_boost_round=60)
-    written = pipeline.materialize(config, end=pipeline.DEMO_CUTOFF.to_pydatetime())
+    flights = load_usecase("flights")
+    steps.build_features(config, flights)
+    report = steps.train(config, flights, num_samples=2, num_boost_round=60)
+    written = steps.materialize(config, end=DEMO_CUTOFF.to_pydatetime())
     return FlightsPlatform(config=config, report=report, written=written)
 
 
@@ -132,11 +135,11 @@ def flights_platform(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory)
 def flights_url(flights_platform: FlightsPlatform, serve_port: int) -> Iterator[str]:
     from ray import serve
 
+    from ml_system.serving.app import AppArgs, build_app
     from ml_system.serving.deploy import run_app
-    from ml_system.usecases.flights.serve_app import build_app
 
     serving = flights_platform.config.serving.model_copy(update={"port": serve_port})
-    app = build_app({"model_name": pipeline.MODEL_NAME, "home": flights_platform.config.home, "max_rows": 50})
+    app = build_app(AppArgs(usecase="flights", home=flights_platform.config.home, max_rows=50))
     url = run_app(app, "flight_delay_test", serving, route_prefix="/flights")
     yield url
     serve.delete("flight_delay_test")

@@ -37,6 +37,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $MLSYS_CONFIG or ./mlsys.yaml)")
 HomeOpt = typer.Option(None, "--home", help="Platform state folder (default: $MLSYS_HOME or ~/.mlsys)")
+UseCaseOpt = typer.Option(None, "--usecase", "-u", help="Use case by name (default: flights; `mlsys usecases`)")
 
 
 def _config(config: str | None, home: str | None) -> PlatformConfig:
@@ -95,20 +96,25 @@ def _require_free_port(host: str, port: int) -> None:
 def quickstart(
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
+    usecase: str | None = UseCaseOpt,
     trials: int = typer.Option(8, min=1, help="Ray Tune trials"),
-    rounds: int = typer.Option(200, min=10, help="Max boosting rounds per trial"),
+    rounds: int | None = typer.Option(None, min=10, help="Max boosting rounds per trial (default: the use case's)"),
     requests: int = typer.Option(300, min=1, help="HTTP requests sent to the deployed app"),
     port: int = typer.Option(8000, help="Serve HTTP port"),
     keep_serving: bool = typer.Option(False, help="Keep the app (and a local cluster) up until Ctrl-C"),
 ) -> None:
-    """Run the whole loop on NYC flights 2013: features, training, registry, online store, serving."""
+    """Run a use case's whole loop on real data: features, training, registry, online store, serving."""
     from ml_system.pipelines.quickstart import run_quickstart
+    from ml_system.pipelines.steps import usecase_for
 
     cfg = _config(config, home)
     cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"port": port})})
+    uc = usecase_for(cfg, usecase)
+    if uc.demo is None:
+        raise MLSystemError(f"use case '{uc.name}' has no demo (cut-off and requests) for the quickstart")
     _require_free_port(cfg.serving.host, port)
     console.print(f"platform home: {cfg.home}")
-    result = run_quickstart(cfg, trials=trials, rounds=rounds, requests=requests, console=console)
+    result = run_quickstart(cfg, uc, trials=trials, rounds=rounds, requests=requests, console=console)
     if result.errors:
         err.print(f"[red]error:[/red] {result.errors} of {result.requests} requests failed")
         raise typer.Exit(1)
@@ -128,38 +134,42 @@ def quickstart(
 def train(
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
+    usecase: str | None = UseCaseOpt,
     trials: int = typer.Option(8, min=1),
-    rounds: int = typer.Option(200, min=10),
+    rounds: int | None = typer.Option(None, min=10, help="Max boosting rounds (default: the use case's)"),
 ) -> None:
-    """Build the point-in-time training set, tune XGBoost, register the best as champion."""
+    """Build the use case's point-in-time training set, tune XGBoost, register the best as champion."""
     from ml_system.cluster import connect
-    from ml_system.usecases.flights import pipeline
+    from ml_system.pipelines import steps
 
     cfg = _config(config, home)
+    uc = steps.usecase_for(cfg, usecase)
     connect(cfg.ray)
-    report = pipeline.train(cfg, num_samples=trials, num_boost_round=rounds)
-    console.print(
-        f"registered {report.model_name} version {report.model_version} as champion: "
-        f"valid AUC {report.valid_auc:.4f}, test AUC {report.test_auc:.4f} (run {report.run_id})"
-    )
+    report = steps.train(cfg, uc, num_samples=trials, num_boost_round=rounds)
+    console.print(f"registered {report.summary()} as champion (run {report.run_id})")
 
 
-def _definitions(module: str) -> list[Any]:
-    from ml_system.features import Entity, FeatureService, FeatureView
+def _definitions(module: str | None, usecase: str | None, cfg: PlatformConfig) -> tuple[str, list[Any]]:
+    """The definitions of a module (``-m``), or else of the use case (flights by default)."""
+    from ml_system.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 
+    if module is None:
+        from ml_system.pipelines.steps import usecase_for
+
+        uc = usecase_for(cfg, usecase)
+        return f"use case {uc.name}", list(uc.definitions)
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
         raise MLSystemError(f"cannot import definitions module '{module}': {exc}") from exc
-    found = [v for v in vars(mod).values() if isinstance(v, (Entity, FeatureView, FeatureService))]
+    kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService)
+    found = [v for v in vars(mod).values() if isinstance(v, kinds)]
     if not found:
         raise MLSystemError(f"module '{module}' defines no Entity, FeatureView or FeatureService")
-    return found
+    return module, found
 
 
-DefsOpt = typer.Option(
-    "ml_system.usecases.flights.features", "--module", "-m", help="Python module holding the definitions"
-)
+DefsOpt = typer.Option(None, "--module", "-m", help="Python module holding definitions (default: the use case's)")
 
 
 def _by(by: str | None) -> str:
@@ -179,14 +189,20 @@ PruneOpt = typer.Option(False, "--prune", help="Also delete registered objects t
 @features_app.command("plan")
 @fails_cleanly
 def features_plan(
-    module: str = DefsOpt, prune: bool = PruneOpt, config: str | None = ConfigOpt, home: str | None = HomeOpt
+    module: str | None = DefsOpt,
+    usecase: str | None = UseCaseOpt,
+    prune: bool = PruneOpt,
+    config: str | None = ConfigOpt,
+    home: str | None = HomeOpt,
 ) -> None:
     """Show what `apply` would change: objects added, changed (field by field) or removed."""
     from ml_system.features import FeatureStore
 
-    store = FeatureStore(_config(config, home))
-    changes = store.plan(_definitions(module), prune=prune)
-    console.print(f"registry version {store.registry.version} vs {module}: {len(changes)} change(s)")
+    cfg = _config(config, home)
+    store = FeatureStore(cfg)
+    source, defs = _definitions(module, usecase, cfg)
+    changes = store.plan(defs, prune=prune)
+    console.print(f"registry version {store.registry.version} vs {source}: {len(changes)} change(s)")
     for change in changes:
         sign = {"add": "+", "change": "~", "remove": "-"}[change.action]
         console.print(f"{sign} {change.kind} {change.name}", markup=False, soft_wrap=True)
@@ -197,23 +213,25 @@ def features_plan(
 @features_app.command("apply")
 @fails_cleanly
 def features_apply(
-    module: str = DefsOpt,
+    module: str | None = DefsOpt,
+    usecase: str | None = UseCaseOpt,
     prune: bool = PruneOpt,
     by: str | None = ByOpt,
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
 ) -> None:
-    """Validate the definitions in MODULE and record them as a new registry version."""
+    """Validate the definitions of a use case (or MODULE) and record them as a new registry version."""
     from ml_system.features import FeatureStore
 
-    store = FeatureStore(_config(config, home))
-    defs = _definitions(module)
+    cfg = _config(config, home)
+    store = FeatureStore(cfg)
+    source, defs = _definitions(module, usecase, cfg)
     before = store.registry.version
     version = store.apply(defs, by=_by(by), prune=prune)
     if version == before:
-        console.print(f"{module}: no changes; registry stays at version {version}")
+        console.print(f"{source}: no changes; registry stays at version {version}")
     else:
-        console.print(f"applied {len(defs)} definitions from {module}: registry version {version}")
+        console.print(f"applied {len(defs)} definitions from {source}: registry version {version}")
 
 
 def _consumer_names(consumers: list[Any]) -> str:
@@ -345,18 +363,20 @@ def features_materialize(
     end: str = typer.Option(..., help="Upper bound (inclusive), ISO-8601 with offset"),
     start: str | None = typer.Option(None, help="Lower bound (exclusive); omit for all history"),
     incremental: bool = typer.Option(False, help="Resume each view from its last materialized end"),
+    usecase: str | None = typer.Option(None, "--usecase", "-u", help="Only the views this use case reads"),
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
 ) -> None:
-    """Copy the newest feature values into the online store."""
+    """Copy the newest feature values into the online store (every view, or a use case's)."""
     from ml_system.cluster import connect
-    from ml_system.usecases.flights import pipeline
+    from ml_system.pipelines import steps
 
     cfg = _config(config, home)
     end_ts = _parse_time(end, "end")
     start_ts = _parse_time(start, "start") if start else None
+    uc = steps.usecase_for(cfg, usecase) if usecase else None
     connect(cfg.ray)
-    written = pipeline.materialize(cfg, end_ts, start_ts, incremental=incremental)
+    written = steps.materialize(cfg, end_ts, start_ts, incremental=incremental, usecase=uc)
     for view, n in written.items():
         console.print(f"{view}: {n} entity rows written to the {cfg.online_store.type} online store")
 
@@ -420,22 +440,45 @@ def snapshot_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
 def models_list(
     name: str | None = typer.Argument(None), config: str | None = ConfigOpt, home: str | None = HomeOpt
 ) -> None:
-    """Registered model versions with aliases, test AUC and lineage."""
+    """Registered model versions with aliases, test metric beside its baseline, and lineage."""
     from ml_system.training import tracking
 
     cfg = _config(config, home)
     table = Table(title="registered models")
-    for col in ("model", "version", "aliases", "test AUC", "feature service", "run"):
+    for col in ("model", "version", "aliases", "use case", "test metric", "baseline", "feature service", "run"):
         table.add_column(col)
     for mv in tracking.list_versions(cfg.mlflow, name):
+        metric = mv.tags.get("metric", "auc")
         table.add_row(
             mv.name,
             mv.version,
             ", ".join(mv.aliases),
-            mv.tags.get("test_auc", "-"),
+            mv.tags.get("usecase", "-"),
+            f"{metric} {mv.tags.get(f'test_{metric}', '-')}",
+            mv.tags.get(f"baseline_{metric}", "-"),
             mv.tags.get("feature_service", "-"),
             mv.run_id[:12],
         )
+    console.print(table)
+
+
+@app.command("usecases")
+@fails_cleanly
+def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
+    """The use cases this platform knows: name, model, route, feature service, metric."""
+    from ml_system.usecase import load_all, usecase_table
+
+    cfg = _config(config, home)
+    paths = usecase_table(cfg.usecases)
+    table = Table(title="use cases")
+    for col in ("name", "model", "route", "feature service", "objective", "metric", "import path"):
+        table.add_column(col)
+    for uc in load_all(cfg.usecases):
+        assert uc.training is not None
+        table.add_row(
+            uc.name, uc.model_name, uc.route, uc.feature_service, uc.training.objective, uc.training.metric,
+            paths[uc.name],
+        )  # fmt: skip
     console.print(table)
 
 

@@ -7,6 +7,7 @@ from ml_system.features.definitions import (
     FeatureView,
     Field,
     Lifecycle,
+    OnDemandFeatureView,
 )
 from ml_system.features.online import FeatureStatus
 from ml_system.features.store import FeatureStore, OnlineFeatureReader, OnlineFeatures
@@ -20,6 +21,7 @@ __all__ = [
     "FeatureView",
     "Field",
     "Lifecycle",
+    "OnDemandFeatureView",
     "OnlineFeatureReader",
     "OnlineFeatures",
 ]

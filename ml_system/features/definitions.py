@@ -8,13 +8,18 @@ versions can diff them field by field.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
 
 from ml_system.errors import DefinitionError, FeatureReferenceError
 
-_DTYPES = {"float64", "float32", "int64", "int32", "string", "bool"}
+_DTYPES = {"float64", "float32", "int64", "int32", "string", "bool", "timestamp"}
 
 
 class Lifecycle(StrEnum):
@@ -55,6 +60,19 @@ class DeltaSource:
     created_timestamp_field: str | None = "created_timestamp"
 
 
+def _check_schema(what: str, schema: tuple[Field, ...], taken: Any, clash_reason: str) -> None:
+    """A non-empty schema of distinct names, none of them among ``taken`` (join keys, inputs)."""
+    if not schema:
+        raise DefinitionError(f"{what}: schema is empty")
+    names = [f.name for f in schema]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise DefinitionError(f"{what}: duplicate fields {sorted(dupes)}")
+    clash = set(names) & set(taken)
+    if clash:
+        raise DefinitionError(f"{what}: fields {sorted(clash)} {clash_reason}")
+
+
 @dataclass(frozen=True)
 class FeatureView:
     name: str
@@ -73,15 +91,7 @@ class FeatureView:
         object.__setattr__(self, "schema", tuple(self.schema))
         if not self.entities:
             raise DefinitionError(f"feature view '{self.name}': needs at least one entity")
-        if not self.schema:
-            raise DefinitionError(f"feature view '{self.name}': schema is empty")
-        names = [f.name for f in self.schema]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise DefinitionError(f"feature view '{self.name}': duplicate fields {sorted(dupes)}")
-        clash = set(names) & set(self.join_keys)
-        if clash:
-            raise DefinitionError(f"feature view '{self.name}': fields {sorted(clash)} shadow join keys")
+        _check_schema(f"feature view '{self.name}'", self.schema, self.join_keys, "shadow join keys")
         if self.lifecycle is not None:
             object.__setattr__(self, "lifecycle", Lifecycle(self.lifecycle))
         if self.ttl is not None and self.ttl <= timedelta(0):
@@ -114,6 +124,111 @@ class FeatureService:
             parse_ref(ref)
 
 
+def function_path(fn: Callable[..., Any] | str, what: str) -> str:
+    """``module:qualname`` of a top-level function, so every process can import the same code.
+
+    The registry keeps the path, not a pickle (Feast stores a dill payload): a Serve replica or a
+    job on another node imports the transform from the package it already has, and a lambda or a
+    closure, which no other process could import, is refused where it is written.
+    """
+    if isinstance(fn, str):
+        module, sep, name = fn.partition(":")
+        if not sep or not module or not name:
+            raise DefinitionError(f"{what}: '{fn}' is not an import path of the form 'package.module:function'")
+        return fn
+    qualname = getattr(fn, "__qualname__", "")
+    module = getattr(fn, "__module__", "")
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise DefinitionError(f"{what}: {fn!r} must be a top-level function of an importable module")
+    return f"{module}:{qualname}"
+
+
+def import_function(path: str, what: str) -> Callable[..., Any]:
+    module, _, name = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise DefinitionError(f"{what}: cannot import '{path}': {exc}") from exc
+    if not callable(obj):
+        raise DefinitionError(f"{what}: '{path}' is not callable")
+    return obj
+
+
+@dataclass(frozen=True, init=False)
+class OnDemandFeatureView:
+    """Features computed from the request itself (Feast's ``OnDemandFeatureView``), declared once.
+
+    ``transform`` maps a pandas frame holding the ``inputs`` columns to a frame of the ``schema``
+    columns: training applies it to the whole training set after the point-in-time join.
+    ``transform_row`` takes one row's inputs as arguments and returns the outputs as a tuple in
+    schema order: serving calls it per request, where building a one-row DataFrame costs more
+    than the model. Both are stored as import paths; the use case's tests hold them equal.
+    """
+
+    name: str
+    inputs: tuple[Field, ...]
+    schema: tuple[Field, ...]
+    transform: str
+    transform_row: str
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        name: str,
+        inputs: Any,
+        schema: Any,
+        transform: Callable[..., Any] | str,
+        transform_row: Callable[..., Any] | str,
+        owner: str = "",
+        description: str = "",
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        what = f"on-demand feature view '{name}'"
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "inputs", tuple(inputs))
+        set_(self, "schema", tuple(schema))
+        set_(self, "transform", function_path(transform, what))
+        set_(self, "transform_row", function_path(transform_row, what))
+        set_(self, "owner", owner)
+        set_(self, "description", description)
+        set_(self, "tags", dict(tags or {}))
+        if not self.inputs:
+            raise DefinitionError(f"{what}: needs at least one input field")
+        _check_schema(what, self.schema, [f.name for f in self.inputs], "are also inputs")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.inputs)
+
+    def batch_function(self) -> Callable[..., Any]:
+        return import_function(self.transform, f"on-demand feature view '{self.name}'")
+
+    def row_function(self) -> Callable[..., tuple[Any, ...]]:
+        return import_function(self.transform_row, f"on-demand feature view '{self.name}'")
+
+    def code_digest(self) -> str:
+        """A digest of both functions' source, so ``plan`` shows when the transform's code changed."""
+        digest = hashlib.sha256()
+        for path in (self.transform, self.transform_row):
+            try:
+                digest.update(inspect.getsource(import_function(path, self.name)).encode())
+            except (OSError, TypeError):
+                digest.update(path.encode())
+        return digest.hexdigest()[:16]
+
+
+AnyFeatureView = FeatureView | OnDemandFeatureView
+
+
 def parse_ref(ref: str) -> tuple[str, str]:
     """Split ``"view:feature"``; anything else is a clear error, not a KeyError later."""
     view, sep, feature = ref.partition(":")
@@ -122,7 +237,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return view, feature
 
 
-def group_refs(refs: list[str] | tuple[str, ...], views: dict[str, FeatureView]) -> dict[str, list[str]]:
+def group_refs(refs: list[str] | tuple[str, ...], views: dict[str, Any]) -> dict[str, list[str]]:
     """Group references by view, checking each exists and output names do not collide."""
     grouped: dict[str, list[str]] = {}
     seen: dict[str, str] = {}

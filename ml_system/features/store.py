@@ -22,6 +22,7 @@ from ml_system.features.definitions import (
     Entity,
     FeatureService,
     FeatureView,
+    OnDemandFeatureView,
     group_refs,
 )
 from ml_system.features.materialize import WriteLatest, latest_rows, watermark_key, window_ns
@@ -56,25 +57,60 @@ class OnlineFeatureReader:
     than the lookup itself.
     """
 
-    def __init__(self, store: OnlineStore, views: dict[str, FeatureView], refs: list[str] | tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        store: OnlineStore,
+        views: dict[str, FeatureView],
+        refs: list[str] | tuple[str, ...],
+        ondemand: dict[str, OnDemandFeatureView] | None = None,
+    ) -> None:
         self.store = store
-        grouped = group_refs(list(refs), views)
+        ondemand = ondemand or {}
+        grouped = group_refs(list(refs), {**views, **ondemand})
         self.plan: list[tuple[FeatureView, list[tuple[str, int]]]] = []
+        self.ondemand_plan: list[tuple[OnDemandFeatureView, list[tuple[str, int]]]] = []
         for view_name, feats in grouped.items():
+            if view_name in ondemand:
+                odfv = ondemand[view_name]
+                self.ondemand_plan.append((odfv, [(f, odfv.feature_names.index(f)) for f in feats]))
+                continue
             view = views[view_name]
             names = list(view.feature_names)
             self.plan.append((view, [(f, names.index(f)) for f in feats]))
         self.feature_names = [f for _, feats in self.plan for f, _ in feats]
+        self.feature_names += [f for _, feats in self.ondemand_plan for f, _ in feats]
+        self._ondemand_steps = [
+            (odfv.name, odfv.input_names, odfv.row_function(), feats) for odfv, feats in self.ondemand_plan
+        ]
         # what read() needs, computed once: property lookups and timedelta maths cost microseconds each
         self._steps = [
             (view.name, view.join_keys, None if view.ttl is None else _ns(view.ttl), feats) for view, feats in self.plan
         ]
 
     def required_keys(self) -> list[str]:
+        """Join keys of the stored views, then the request fields of the on-demand ones."""
         keys: list[str] = []
         for view, _ in self.plan:
             keys.extend(k for k in view.join_keys if k not in keys)
+        for odfv, _ in self.ondemand_plan:
+            keys.extend(k for k in odfv.input_names if k not in keys)
         return keys
+
+    def _ondemand(self, entity_rows: list[dict[str, Any]], out: OnlineFeatures) -> None:
+        """Computed per row with the view's row function: present whenever the request holds its inputs."""
+        n = len(entity_rows)
+        for view_name, inputs, row_fn, feats in self._ondemand_steps:
+            try:
+                results = [row_fn(*[row[k] for k in inputs]) for row in entity_rows]
+            except KeyError as exc:
+                raise EntityDataError(
+                    f"entity rows lack input '{exc.args[0]}' needed by on-demand feature view '{view_name}'"
+                ) from None
+            columns = list(zip(*results, strict=True))
+            statuses = [PRESENT] * n
+            for name, idx in feats:
+                out.values[name] = list(columns[idx])
+                out.statuses[name] = statuses.copy()
 
     def read(self, entity_rows: list[dict[str, Any]], now: datetime | list[datetime] | None = None) -> OnlineFeatures:
         """One store round trip per view; statuses are decided once per row and view, not per value."""
@@ -99,7 +135,7 @@ class OnlineFeatureReader:
                 ) from None
             requests.append((view_name, keys))
         # every view from the one snapshot active now (Redis: pointer and all views in one round trip)
-        answers = self.store.read_views(requests)
+        answers = self.store.read_views(requests) if requests else []
         for (_, _, ttl_ns, feats), rows in zip(self._steps, answers, strict=True):
             if ttl_ns is None:
                 statuses = [NOT_FOUND if row is None else PRESENT for row in rows]
@@ -118,6 +154,8 @@ class OnlineFeatureReader:
             for name, idx in feats:
                 out.values[name] = list(columns[idx]) if columns else [None] * n
                 out.statuses[name] = statuses.copy()
+        if self._ondemand_steps:
+            self._ondemand(entity_rows, out)
         return out
 
 
@@ -160,6 +198,18 @@ def _timestamp_tz(ds: ray.data.Dataset, column: str) -> str | None:
     if isinstance(dtype, pd.ArrowDtype):
         return getattr(dtype.pyarrow_dtype, "tz", None)
     return str(getattr(dtype, "tz", None) or "") or None
+
+
+def _with_ondemand(frame: pd.DataFrame, computed: list[tuple[OnDemandFeatureView, list[str]]]) -> pd.DataFrame:
+    """Add each on-demand view's requested outputs, computed by its batch transform from the input columns."""
+    for odfv, feats in computed:
+        out = odfv.batch_function()(frame[list(odfv.input_names)])
+        missing = [f for f in feats if f not in out.columns]
+        if missing:
+            raise DefinitionError(f"on-demand feature view '{odfv.name}': its transform returned no {missing}")
+        for name in feats:
+            frame[name] = out[name].to_numpy()
+    return frame
 
 
 class FeatureStore:
@@ -227,8 +277,18 @@ class FeatureStore:
         self, features: list[str] | None = None, feature_service: FeatureService | str | None = None
     ) -> dict[str, int]:
         views = self.registry.feature_views()
-        grouped = group_refs(self._resolve(features, feature_service), views)
+        grouped, _ = self._group(self._resolve(features, feature_service), views)
         return {views[v].source.table: self.offline.version(views[v].source.table) for v in grouped}
+
+    def _group(
+        self, refs: list[str], views: dict[str, FeatureView]
+    ) -> tuple[dict[str, list[str]], list[tuple[OnDemandFeatureView, list[str]]]]:
+        """References grouped by stored view, and by on-demand view (computed, not read)."""
+        ondemand = self.registry.on_demand_feature_views()
+        grouped = group_refs(refs, {**views, **ondemand})
+        stored = {v: f for v, f in grouped.items() if v not in ondemand}
+        computed = [(ondemand[v], f) for v, f in grouped.items() if v in ondemand]
+        return stored, computed
 
     def get_historical_features(
         self,
@@ -252,7 +312,7 @@ class FeatureStore:
         """
         refs = self._resolve(features, feature_service)
         views = self.registry.feature_views()
-        grouped = group_refs(refs, views)
+        grouped, computed = self._group(refs, views)
         is_pandas = isinstance(entity_df, pd.DataFrame)
         columns = list(entity_df.columns) if is_pandas else list(entity_df.schema().names)
         if timestamp_column not in columns:
@@ -261,7 +321,13 @@ class FeatureStore:
             for key in views[view_name].join_keys:
                 if key not in columns:
                     raise EntityDataError(f"entity_df lacks join key '{key}' needed by view '{view_name}'")
-        for view_name, feats in grouped.items():
+        for odfv, _ in computed:
+            for key in odfv.input_names:
+                if key not in columns:
+                    raise EntityDataError(
+                        f"entity_df lacks input '{key}' needed by on-demand feature view '{odfv.name}'"
+                    )
+        for view_name, feats in [*grouped.items(), *((o.name, f) for o, f in computed)]:
             clash = [f for f in feats if f in columns]
             if clash:
                 raise EntityDataError(f"entity_df already has columns {clash} that view '{view_name}' would add")
@@ -301,19 +367,36 @@ class FeatureStore:
             stages.append((spec, blocks))
 
         if is_pandas:
-            result = join_pandas(entity_df, stages, kinds, timestamp_column, num_partitions, bitemporal)
+            if stages:
+                result = join_pandas(entity_df, stages, kinds, timestamp_column, num_partitions, bitemporal)
+            else:
+                result = entity_df.copy()
+            result = _with_ondemand(result, computed)
             result.attrs["table_versions"] = versions
             return result
         if _timestamp_tz(entity_df, timestamp_column) is None:
             raise EntityDataError(f"column '{timestamp_column}' holds naive timestamps; make them timezone-aware")
-        out_refs = join_blocks(entity_df.to_pandas_refs(), stages, kinds, timestamp_column, num_partitions, bitemporal)
-        return ray.data.from_pandas_refs(out_refs)
+        if stages:
+            out_refs = join_blocks(
+                entity_df.to_pandas_refs(), stages, kinds, timestamp_column, num_partitions, bitemporal
+            )
+            joined = ray.data.from_pandas_refs(out_refs)
+        else:
+            joined = entity_df
+        if not computed:
+            return joined
+        return joined.map_batches(_with_ondemand, fn_args=(computed,), batch_format="pandas")
 
     # ---- online ---------------------------------------------------------
     def online_reader(
         self, features: list[str] | None = None, feature_service: FeatureService | str | None = None
     ) -> OnlineFeatureReader:
-        return OnlineFeatureReader(self.online, self.registry.feature_views(), self._resolve(features, feature_service))
+        return OnlineFeatureReader(
+            self.online,
+            self.registry.feature_views(),
+            self._resolve(features, feature_service),
+            self.registry.on_demand_feature_views(),
+        )
 
     def get_online_features(
         self,

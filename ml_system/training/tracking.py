@@ -50,7 +50,7 @@ def client(config: MlflowConfig) -> MlflowClient:
 
 def experiment_id(config: MlflowConfig, name: str | None = None) -> str:
     c = client(config)
-    name = name or config.experiment
+    name = name or config.experiment or "ml_system"
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

@@ -1,4 +1,4 @@
-"""Hyper-parameter search for XGBoost with Ray Tune.
+"""Hyper-parameter search for XGBoost with Ray Tune, for any objective and metric a use case names.
 
 Ray 2.60 runs Train V2 by default, under which ``Tuner(XGBoostTrainer)`` fails;
 the data fits one worker, so each trial is a function trainable calling
@@ -9,9 +9,9 @@ trials end on their own and write their final checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,14 +20,23 @@ from ray import tune
 from ray.tune.integration.xgboost import TuneReportCheckpointCallback
 from ray.tune.schedulers import ASHAScheduler
 
-METRIC = "valid-auc"
+# What a use case's search space is merged over: the objective and metric come from its model spec.
+DEFAULT_SPACE: dict[str, Any] = {
+    "tree_method": "hist",
+    "nthread": 1,
+    "max_depth": tune.randint(3, 9),
+    "eta": tune.loguniform(0.03, 0.3),
+    "subsample": tune.uniform(0.6, 1.0),
+    "colsample_bytree": tune.uniform(0.6, 1.0),
+    "min_child_weight": tune.loguniform(1.0, 20.0),
+}
 
 
 @dataclass
 class TrialSummary:
     trial_id: str
     config: dict[str, Any]
-    valid_auc: float
+    valid_score: float
     iterations: int
 
 
@@ -35,26 +44,17 @@ class TrialSummary:
 class TuneOutcome:
     booster: xgb.Booster
     best_config: dict[str, Any]
-    best_valid_auc: float
+    best_valid_score: float
     trials: list[TrialSummary]
 
 
-def search_space(seed: int) -> dict[str, Any]:
-    return {
-        "objective": "binary:logistic",
-        "eval_metric": ["logloss", "auc"],
-        "tree_method": "hist",
-        "nthread": 1,
-        "seed": seed,
-        "max_depth": tune.randint(3, 9),
-        "eta": tune.loguniform(0.03, 0.3),
-        "subsample": tune.uniform(0.6, 1.0),
-        "colsample_bytree": tune.uniform(0.6, 1.0),
-        "min_child_weight": tune.loguniform(1.0, 20.0),
-    }
+def search_space(objective: str, metric: str, seed: int, space: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The platform defaults, the use case's own space over them, then objective, metric and seed."""
+    # the metric goes last: early stopping and Tune both read the last evaluation metric
+    return {**DEFAULT_SPACE, **(space or {}), "objective": objective, "eval_metric": [metric], "seed": seed}
 
 
-def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: int) -> None:
+def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: int, metric: str) -> None:
     dtrain = xgb.DMatrix(data["x_train"], label=data["y_train"], feature_names=data["features"])
     dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["features"])
     xgb.train(
@@ -64,24 +64,25 @@ def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: in
         evals=[(dvalid, "valid")],
         early_stopping_rounds=25,
         verbose_eval=False,
-        callbacks=[TuneReportCheckpointCallback(metrics={METRIC: METRIC}, frequency=0, checkpoint_at_end=True)],
+        callbacks=[TuneReportCheckpointCallback(metrics={metric: metric}, frequency=0, checkpoint_at_end=True)],
     )
 
 
 class _Progress(tune.Callback):
     """Reports finished trials to the caller (a progress bar) on the driver."""
 
-    def __init__(self, on_trial_done: Callable[[str, float], None] | None) -> None:
+    def __init__(self, on_trial_done: Callable[[str, float], None] | None, metric: str) -> None:
         self.on_trial_done = on_trial_done
+        self.metric = metric
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config into the experiment folder; a progress
         # bar's callback holds terminal state that cannot (and need not) travel.
-        return {"on_trial_done": None}
+        return {"on_trial_done": None, "metric": self.metric}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.on_trial_done is not None:
-            self.on_trial_done(trial.trial_id, float((trial.last_result or {}).get(METRIC, float("nan"))))
+            self.on_trial_done(trial.trial_id, float((trial.last_result or {}).get(self.metric, float("nan"))))
 
 
 def tune_xgboost(
@@ -90,13 +91,19 @@ def tune_xgboost(
     features: list[str],
     label: str,
     *,
+    objective: str,
+    metric: str,
+    mode: Literal["max", "min"],
+    space: Mapping[str, Any] | None = None,
     num_samples: int = 8,
     num_boost_round: int = 200,
     storage_path: str,
-    experiment_name: str = "flight_delay_tune",
+    experiment_name: str,
     seed: int = 7,
     on_trial_done: Callable[[str, float], None] | None = None,
 ) -> TuneOutcome:
+    """Tune ``space`` over the platform defaults; the winner is the best trial that ran to its end."""
+    reported = f"valid-{metric}"
     data = {
         "x_train": train[features].to_numpy(dtype=np.float32),
         "y_train": train[label].to_numpy(dtype=np.float32),
@@ -105,15 +112,15 @@ def tune_xgboost(
         "features": list(features),
     }
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, data=data, num_boost_round=num_boost_round), {"cpu": 1}
+        tune.with_parameters(_trainable, data=data, num_boost_round=num_boost_round, metric=reported), {"cpu": 1}
     )
     scheduler = ASHAScheduler(max_t=num_boost_round + 10, grace_period=min(20, num_boost_round), reduction_factor=3)
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(seed),
+        param_space=search_space(objective, metric, seed, space),
         tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
+            metric=reported,
+            mode=mode,
             num_samples=num_samples,
             scheduler=scheduler,
             search_alg=tune.search.BasicVariantGenerator(random_state=seed),
@@ -122,7 +129,7 @@ def tune_xgboost(
             name=experiment_name,
             storage_path=storage_path,
             verbose=0,
-            callbacks=[_Progress(on_trial_done)] if on_trial_done else None,
+            callbacks=[_Progress(on_trial_done, reported)] if on_trial_done else None,
         ),
     )
     grid = tuner.fit()
@@ -134,20 +141,21 @@ def tune_xgboost(
             TrialSummary(
                 trial_id=str(result.path).rsplit("/", 1)[-1],
                 config={k: v for k, v in result.config.items() if k not in ("eval_metric",)},
-                valid_auc=float(result.metrics.get(METRIC, float("nan"))),
+                valid_score=float(result.metrics.get(reported, float("nan"))),
                 iterations=int(result.metrics.get("training_iteration", 0)),
             )
         )
     # ASHA-pruned trials stop before the callback writes their final checkpoint;
     # the winner is the best trial that ran to its end.
-    finished = [r for r in grid if r.error is None and r.checkpoint is not None and METRIC in r.metrics]
+    finished = [r for r in grid if r.error is None and r.checkpoint is not None and reported in r.metrics]
     if not finished:
         raise RuntimeError("no trial finished with a checkpoint; raise ASHA max_t above num_boost_round")
-    best = max(finished, key=lambda r: float(r.metrics[METRIC]))
+    sign = 1.0 if mode == "max" else -1.0
+    best = max(finished, key=lambda r: sign * float(r.metrics[reported]))
     booster = TuneReportCheckpointCallback.get_model(best.checkpoint)
     return TuneOutcome(
         booster=booster,
         best_config=dict(best.config),
-        best_valid_auc=float(best.metrics[METRIC]),
+        best_valid_score=float(best.metrics[reported]),
         trials=trials,
     )

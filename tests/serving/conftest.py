@@ -10,16 +10,16 @@ from ray import serve
 from ray.serve import Application
 
 from ml_system.config import PlatformConfig
+from ml_system.serving.app import build_app
 from ml_system.serving.deploy import wait_healthy
-from ml_system.usecases.flights import pipeline
-from ml_system.usecases.flights.serve_app import build_app, flights_from_frame
+from ml_system.usecases.flights.demo import demo_requests
 
 Deploy = Callable[..., str]
 
 
 @pytest.fixture(scope="session")
 def demo_rows(served_home: PlatformConfig) -> list[dict[str, Any]]:
-    return flights_from_frame(pipeline.demo_flights(served_home))
+    return demo_requests(served_home)
 
 
 @pytest.fixture()

@@ -20,8 +20,8 @@ MAX_ROWS = 5
 def client(serve_port: int, served_home: Any) -> Iterator[httpx.Client]:
     from ray import serve
 
+    from ml_system.serving.app import build_app
     from ml_system.serving.deploy import wait_healthy
-    from ml_system.usecases.flights.serve_app import build_app
 
     serve.run(build_app({"home": served_home.home, "max_rows": MAX_ROWS}), name="contract", route_prefix="/contract")
     url = wait_healthy(f"http://127.0.0.1:{serve_port}/contract", "contract")
@@ -162,12 +162,37 @@ def test_chunked_body_within_the_limit_is_scored(client: httpx.Client, demo_rows
     assert len(resp.json()["predictions"]) == 2
 
 
-def test_openapi_documents_the_payload(client: httpx.Client) -> None:
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _resolve(spec: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = spec
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def test_openapi_documents_the_payload_and_every_ref_resolves(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/predict"]["post"]
-    schema = post["requestBody"]["content"]["application/json"]["schema"]
-    assert "flights" in schema["properties"]
+    schema = _resolve(spec, post["requestBody"]["content"]["application/json"]["schema"]["$ref"])
+    assert "flights" in schema["properties"] and schema["additionalProperties"] is False
+    flight = _resolve(spec, schema["properties"]["flights"]["items"]["$ref"])
+    assert {"carrier", "sched_dep_time"} <= set(flight["properties"])
     assert {"413", "422", "503"} <= set(post["responses"])
+    refs = list(_refs(spec))
+    assert len(refs) >= 3
+    for ref in refs:
+        _resolve(spec, ref)  # a KeyError names the ref that points nowhere
 
 
 def test_overload_answers_503_with_retry_after(
@@ -176,11 +201,12 @@ def test_overload_answers_503_with_retry_after(
     """One request in flight and one queued: the rest are refused at once, none hang or fail with 500."""
     import concurrent.futures
 
-    from ml_system.usecases.flights.serve_app import FlightDelayAPI
+    from ml_system.serving.app import AppArgs
+    from ml_system.serving.ingress import Ingress
 
     slow = {"max_batch_size": 64, "batch_wait_timeout_s": 2.0, "feature_cache_ttl_s": 0, "prediction_cache_ttl_s": 0}
-    app = FlightDelayAPI.options(max_ongoing_requests=1, max_queued_requests=1, user_config=slow).bind(
-        None, "flight_delay", "champion", served_home.home
+    app = Ingress.options(max_ongoing_requests=1, max_queued_requests=1, user_config=slow).bind(
+        None, AppArgs(home=served_home.home).ingress_args()
     )
     url = deploy("overload", app=app)
 

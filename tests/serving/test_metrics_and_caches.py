@@ -54,7 +54,7 @@ def test_prediction_cache_hits_then_misses_after_materialization(
     deploy: Deploy, served_home: Any, demo_rows: list[dict[str, Any]]
 ) -> None:
     from ml_system.features import FeatureStore
-    from ml_system.usecases.flights import pipeline
+    from ml_system.usecases.flights.demo import DEMO_CUTOFF
 
     url = deploy("cache", user_config={"prediction_cache_ttl_s": 300, "feature_cache_ttl_s": 300})
     body = {"flights": [demo_rows[3]]}
@@ -71,7 +71,7 @@ def test_prediction_cache_hits_then_misses_after_materialization(
     # a new materialization (a later cut-off for one view) changes the data version: no stale answer
     store = FeatureStore(served_home)
     last = store.online.get_meta("materialized_until:weather")
-    start = pd.Timestamp(int(last), tz="UTC").to_pydatetime() if last else pipeline.DEMO_CUTOFF.to_pydatetime()
+    start = pd.Timestamp(int(last), tz="UTC").to_pydatetime() if last else DEMO_CUTOFF.to_pydatetime()
     store.materialize(start, start + timedelta(minutes=1), views=["weather"])
     httpx.post(f"{url}/predict", json=body, timeout=30)
     after = info()

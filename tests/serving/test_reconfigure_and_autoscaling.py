@@ -56,7 +56,7 @@ def test_user_config_changes_batching_without_restart(serve_port: int, served_ho
 
 
 def replicas(name: str) -> int:
-    status = serve.status().applications[name].deployments["FlightDelayAPI"]
+    status = serve.status().applications[name].deployments["Ingress"]
     return int(status.replica_states.get("RUNNING", 0))
 
 

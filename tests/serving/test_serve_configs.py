@@ -15,8 +15,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "serve_configs").glob("*
 def test_config_validates_against_serve_schema(path: Path) -> None:
     doc = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     (app,) = doc.applications
-    assert app.import_path == "ml_system.usecases.flights.serve_app:build_app"
-    assert "FlightDelayAPI" in {d.name for d in app.deployments}
+    assert app.import_path == "ml_system.serving.app:build_app"
+    assert "Ingress" in {d.name for d in app.deployments}
 
 
 def test_default_config_wires_serve_tracing() -> None:

@@ -24,18 +24,18 @@ def spans_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def sticky_url(deploy: Deploy, served_home: Any, spans_file: Path) -> str:
-    from ml_system.usecases.flights.serve_app import DEFAULT_USER_CONFIG, FlightDelayAPI, FlightScorerDeployment
+    from ml_system.serving.app import AppArgs
+    from ml_system.serving.ingress import Ingress, ScorerDeployment
+    from ml_system.serving.settings import ScorerSettings
 
-    exporter = f"file:{spans_file}"
-    scorer = FlightScorerDeployment.options(
+    args = AppArgs(home=served_home.home, tracing_exporter=f"file:{spans_file}")
+    scorer = ScorerDeployment.options(
         num_replicas=2,
         ray_actor_options={"num_cpus": 0.1},
-        user_config=DEFAULT_USER_CONFIG,
+        user_config=ScorerSettings().model_dump(),
         request_router_config={"request_router_class": ROUTER, "request_router_kwargs": {"num_fallback_replicas": 0}},
-    ).bind("flight_delay", "champion", served_home.home, "cpu", exporter)
-    app = FlightDelayAPI.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        scorer, "flight_delay", "champion", served_home.home, 1000, "cpu", exporter
-    )
+    ).bind(args.scorer_args(), args.tracing_exporter)
+    app = Ingress.options(ray_actor_options={"num_cpus": 0.1}).bind(scorer, args.ingress_args())
     return deploy("sticky", app=app)
 
 

@@ -1,19 +1,18 @@
-"""The flight-delay app over real HTTP: the BRIEF's contract, bad input, unknown entities."""
+"""The flight-delay app over real HTTP: the documented contract, bad input, unknown entities."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from ml_system.usecases.flights import pipeline
-from ml_system.usecases.flights.serve_app import flights_from_frame
+from ml_system.usecases.flights.demo import demo_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def flights(flights_platform) -> list[dict]:
-    return flights_from_frame(pipeline.demo_flights(flights_platform.config))
+    return demo_requests(flights_platform.config)
 
 
 def post(url: str, body: object) -> httpx.Response:

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from ml_system.features import FeatureStore
-from ml_system.usecases.flights import pipeline
+from ml_system.usecases.flights.demo import DEMO_CUTOFF
 from tests.conftest import make_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,7 +41,7 @@ def test_materialize_job_attaches_to_the_running_cluster(flights_platform, tmp_p
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "weather:" in out.stdout and "online store" in out.stdout
     store = FeatureStore(make_config(home))
-    row = store.get_online_features(["weather:temp"], [{"origin": "EWR"}], now=pipeline.DEMO_CUTOFF.to_pydatetime())
+    row = store.get_online_features(["weather:temp"], [{"origin": "EWR"}], now=DEMO_CUTOFF.to_pydatetime())
     assert row.statuses["temp"] == ["present"]
     until = int(store.online.get_meta("materialized_until:weather") or 0)
     assert until == pd.Timestamp("2013-12-30T18:00:00-05:00").value

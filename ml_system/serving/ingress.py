@@ -1,0 +1,248 @@
+"""The HTTP ingress of every use case's app, and the scorer as its own deployment.
+
+Two topologies from one code path (``Scorer``):
+
+- ``fused`` (default, fastest): the ingress replica holds the scorer in-process. A single-row
+  request costs no extra actor hop, and ``@serve.batch`` still gathers concurrent requests of
+  the replica into one feature lookup per view and one model call.
+- ``split``: a thin ingress calls ``ScorerDeployment`` through a handle, so the scorer scales
+  and is placed on its own (a fractional GPU), and the ``x-session-id`` header reaches its
+  request router: with the ``ConsistentHashRouter`` one session always lands on one scorer
+  replica and finds its features and predictions in that replica's cache.
+
+The FastAPI app is built per replica (``__serve_build_asgi_app__``) from the use case's request
+and response schema, so one ingress class serves every use case. The hot path reads the body
+itself and validates it with pydantic-core; every answer, errors and 500s included, is JSON
+with ``x-trace-id`` and is counted in the request metric by status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from ml_system.errors import MLSystemError, StoreUnavailableError
+from ml_system.serving import tracing
+from ml_system.serving.http import HTTPProblem, json_response, parse_body, problem_response, read_body
+from ml_system.serving.metrics import record_request, serving_metrics
+from ml_system.serving.openapi import api_for
+from ml_system.serving.scorer import Scored, Scorer, ScoreRow, is_client_error
+from ml_system.serving.settings import (
+    MAX_BODY_BYTES,
+    RETRY_AFTER_S,
+    SERVED_BY_HEADER,
+    SESSION_HEADER,
+    TRACE_HEADER,
+)
+from ml_system.usecase import UseCase, load_usecase
+
+log = logging.getLogger("ml_system.serving")
+
+
+def _replica_tag() -> str:
+    try:
+        return f"{serve.get_replica_context().replica_id.unique_id}/{os.getpid()}"
+    except Exception:  # noqa: BLE001 - outside Serve (bare process)
+        return f"local/{os.getpid()}"
+
+
+def _app_name(default: str) -> str:
+    try:
+        return serve.get_replica_context().app_name
+    except Exception:  # noqa: BLE001 - outside Serve
+        return default
+
+
+def unavailable(reason: str) -> HTTPProblem:
+    return HTTPProblem(503, reason, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, health_check_period_s=2, health_check_timeout_s=10
+)
+class ScorerDeployment:
+    """The scorer as its own deployment (split topology)."""
+
+    def __init__(self, scorer_args: dict[str, Any], tracing_exporter: str = "none") -> None:
+        tracing.configure(tracing_exporter)
+        self.scorer = Scorer(**scorer_args)
+        serving_metrics().for_app(_app_name(self.scorer.usecase.model_name))
+        self.scorer.enable_metrics()
+        self.tag = _replica_tag()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.scorer.reconfigure(user_config)
+
+    def check_health(self) -> None:
+        reason = self.scorer.health()
+        if reason:
+            raise RuntimeError(reason)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.scorer.describe(), "served_by": self.tag}
+
+    async def score(self, rows: list[ScoreRow], trace_carrier: dict[str, str]) -> dict[str, Any]:
+        with tracing.request_span("scorer", trace_carrier):
+            scored = await self.scorer.score(rows)
+        return {
+            "scores": scored.scores,
+            "missing": scored.missing,
+            "model_name": self.scorer.model_name,
+            "model_version": self.scorer.version,
+            "threshold": self.scorer.threshold,
+            "served_by": self.tag,
+        }
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+    health_check_period_s=2,
+    health_check_timeout_s=10,
+)
+@serve.ingress()
+class Ingress:
+    """``POST /predict``, ``GET /healthz`` and ``GET /info`` for one use case."""
+
+    def __init__(self, scorer: DeploymentHandle | None, args: dict[str, Any]) -> None:
+        tracing.configure(args.get("tracing_exporter", "none"))
+        scorer_args = args["scorer"]
+        self.usecase: UseCase = load_usecase(scorer_args["usecase"], check_all=False)
+        assert self.usecase.serving is not None
+        self.spec = self.usecase.serving
+        self.max_rows = int(args["max_rows"])
+        self.remote = scorer
+        self.local: Scorer | None = None
+        serving_metrics().for_app(_app_name(self.usecase.model_name))
+        if scorer is None:
+            self.local = Scorer(**scorer_args)
+            self.local.enable_metrics()
+        self.api, self.request_model = api_for(self.usecase, self)
+        self.tag = _replica_tag()
+        self._info: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self.api
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if self.local is not None:
+            self.local.reconfigure(user_config)
+
+    def check_health(self) -> None:
+        """Serve's liveness probe: a replica whose store is unreachable or empty takes no traffic."""
+        if self.local is not None:
+            reason = self.local.health()
+            if reason:
+                raise RuntimeError(reason)
+
+    async def describe(self) -> dict[str, Any]:
+        if self.local is not None:
+            return {**self.local.describe(), "served_by": self.tag}
+        if self._info is None:
+            async with self._lock:
+                if self._info is None:
+                    self._info = await self.remote.describe.remote()  # type: ignore[union-attr]
+        return self._info
+
+    async def healthz(self) -> Response:
+        t0 = time.perf_counter()
+        reason = self.local.health() if self.local is not None else ""
+        if reason:
+            response = problem_response(unavailable(reason))
+        else:
+            info = await self.describe()
+            response = json_response(
+                {"status": "ok", "model_name": info["model_name"], "model_version": info["model_version"]}
+            )
+        record_request("/healthz", response.status_code, (time.perf_counter() - t0) * 1000)
+        return response
+
+    async def info(self) -> dict[str, Any]:
+        """Model, batching and cache settings of the replica that answers (and its pid)."""
+        info = await self.remote.describe.remote() if self.remote is not None else await self.describe()  # type: ignore[union-attr]
+        return {**info, "ingress": self.tag, "topology": "split" if self.remote is not None else "fused"}
+
+    async def predict(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        with tracing.request_span("predict", request.headers) as span:
+            headers = {TRACE_HEADER: tracing.trace_id(span)}
+            try:
+                response = await self._predict(request, headers)
+            except HTTPProblem as problem:
+                response = problem_response(problem, headers)
+            except BackPressureError:
+                response = problem_response(unavailable("the scorer is overloaded; retry later"), headers)
+            except StoreUnavailableError as exc:
+                response = problem_response(unavailable(f"online store unavailable: {exc}"), headers)
+            except Exception as exc:
+                log.exception("predict failed (trace %s)", headers[TRACE_HEADER])
+                response = problem_response(HTTPProblem(500, f"internal error: {type(exc).__name__}"), headers)
+            span.set_attribute("http.status_code", response.status_code)
+        record_request("/predict", response.status_code, (time.perf_counter() - t0) * 1000)
+        return response
+
+    async def _predict(self, request: Request, headers: dict[str, str]) -> Response:
+        body = await read_body(request, MAX_BODY_BYTES)
+        payload = parse_body(self.request_model, body)
+        field = self.spec.items_field
+        items = getattr(payload, field)
+        if len(items) > self.max_rows:
+            msg = f"{field}: {len(items)} rows; the limit is {self.max_rows} per request"
+            raise HTTPProblem(413, [{"loc": ["body", field], "msg": msg, "type": "too_long"}])
+        rows = [ScoreRow(self.spec.entity_row(item), self.spec.event_time(item)) for item in items]
+        if self.local is not None:
+            scored = await self._score_local(self.local, rows)
+            name, version, threshold = self.local.model_name, self.local.version, self.local.threshold
+            served_by = self.tag
+        else:  # the scorer replica that answered says which model it used: a rollout may be under way
+            session = request.headers.get(SESSION_HEADER)
+            handle = self.remote.options(session_id=session) if session else self.remote  # type: ignore[union-attr]
+            out = await handle.score.remote(rows, tracing.inject())
+            scored = Scored(out["scores"], out["missing"])
+            name, version, threshold, served_by = (
+                out["model_name"], out["model_version"], out["threshold"], out["served_by"],
+            )  # fmt: skip
+        predictions = []
+        for item, score, missing in zip(items, scored.scores, scored.missing, strict=True):
+            answer = self.spec.respond(item, score, None if threshold is None else score >= threshold)
+            answer["missing_features"] = missing
+            predictions.append(answer)
+        headers[SERVED_BY_HEADER] = served_by
+        return json_response(
+            {"predictions": predictions, "model_name": name, "model_version": version}, headers=headers
+        )
+
+    async def _score_local(self, scorer: Scorer, rows: list[ScoreRow]) -> Scored:
+        try:
+            return await scorer.score(rows)
+        except MLSystemError:
+            raise
+        except (OverflowError, ValueError) as exc:
+            raise self._unscorable(scorer, rows, exc) from None
+
+    def _unscorable(self, scorer: Scorer, rows: list[ScoreRow], exc: Exception) -> HTTPProblem:
+        """A value the schema allows but scoring cannot use (a date past what a clock can convert): 422 naming it."""
+        field = self.spec.items_field
+        culprit = 0
+        if len(rows) > 1:
+            for i, row in enumerate(rows):
+                try:
+                    scorer.score_now([row])
+                except Exception as one:  # noqa: BLE001 - looking for the row that fails
+                    if is_client_error(one):
+                        culprit = i
+                        break
+        msg = f"{field}.{culprit}: cannot be scored: {exc}"
+        return HTTPProblem(422, [{"loc": ["body", field, culprit], "msg": msg, "type": "value_error"}])

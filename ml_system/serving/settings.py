@@ -1,0 +1,40 @@
+"""Every serving default in one place: the scoring replica's ``user_config`` and the HTTP limits.
+
+``ScorerSettings`` is what ``user_config`` in a Serve YAML may hold. It is validated twice: by
+the app builder for ``args.user_config``, and by each replica's ``reconfigure`` for a
+deployment's ``user_config``, where a value that does not validate is refused and the replica
+keeps the settings it had (a typo in a live ``serve deploy`` must not take the app down).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_BODY_BYTES = 1_000_000
+MAX_ROWS = 1000
+RETRY_AFTER_S = 1
+SESSION_HEADER = "x-session-id"
+TRACE_HEADER = "x-trace-id"
+SERVED_BY_HEADER = "x-served-by"
+
+
+class ScorerSettings(BaseModel):
+    """Batching and caches of a scoring replica, changed in place by ``serve deploy``.
+
+    Batches of up to 64 rows gathered for 2 ms; caches bounded by a 1 s TTL (how long a streamed
+    feature may lag behind the store) and keyed on model and data version. A TTL of 0 turns a
+    cache off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)
+    batching: bool = True
+    feature_cache_ttl_s: float = Field(1.0, ge=0, le=3600)
+    prediction_cache_ttl_s: float = Field(1.0, ge=0, le=3600)
+    cache_max_entries: int = Field(100_000, ge=0, le=10_000_000)
+
+    def skips_queue(self, rows: int) -> bool:
+        """Batching off, or the request is a batch already."""
+        return not self.batching or rows >= self.max_batch_size

