@@ -8,7 +8,6 @@ database.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +19,8 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from ml_system.config import PlatformConfig
-from ml_system.training import tracking
-from ml_system.training.model_artifact import ModelSpec, save_model
+from ml_system.training import mlflow_model, tracking
+from ml_system.training.model_artifact import ModelSpec
 from ml_system.training.tune_xgb import tune_xgboost
 
 
@@ -92,18 +91,16 @@ def train_and_register(
             with mlflow.start_run(experiment_id=exp_id, run_name=trial.trial_id, nested=True):
                 mlflow.log_params({k: v for k, v in trial.config.items() if not isinstance(v, list)})
                 mlflow.log_metrics({"valid_auc": trial.valid_auc, "iterations": float(trial.iterations)})
-        spec = ModelSpec(feature_columns=list(features), feature_service=feature_service, label=label)
-        with tempfile.TemporaryDirectory(prefix="mlsys-model-") as tmp:
-            checksum = save_model(outcome.booster, spec, tmp)
-            mlflow.log_artifacts(tmp, artifact_path="model")
+        spec = ModelSpec(
+            feature_columns=list(features),
+            feature_service=feature_service,
+            label=label,
+            objective=str(outcome.best_config["objective"]),
+        )
+        logged = mlflow_model.log_model(outcome.booster, spec, input_example=test[features].head(5))
         run_id = run.info.run_id
-    registered = tracking.register_model(
-        config.mlflow,
-        model_name,
-        run_id,
-        "model",
-        tags={"sha256": checksum, "test_auc": f"{test_auc:.4f}", **lineage},
-        alias=alias,
+    registered = mlflow_model.register_model(
+        config.mlflow, logged, model_name, tags={"test_auc": f"{test_auc:.4f}", **lineage}, alias=alias
     )
     return TrainReport(
         model_name=model_name,
