@@ -33,8 +33,12 @@ class ModelNotFoundError(MLSystemError):
     """No model version answers to the requested name, version or alias."""
 
 
+class ModelSpecError(MLSystemError):
+    """A model about to be logged disagrees with its spec (columns, objective) or its input example."""
+
+
 class ModelIntegrityError(MLSystemError):
-    """A model artifact's checksum does not match the one recorded at training."""
+    """A registered model cannot be vouched for: no checksum, a changed file, or a spec its booster contradicts."""
 
 
 class UseCaseError(MLSystemError):

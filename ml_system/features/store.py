@@ -402,7 +402,7 @@ class FeatureStore:
         self,
         features: list[str] | FeatureService | str,
         entity_rows: list[dict[str, Any]],
-        now: datetime | None = None,
+        now: datetime | list[datetime] | None = None,
     ) -> OnlineFeatures:
         if isinstance(features, (FeatureService, str)):
             reader = self.online_reader(feature_service=features)

@@ -79,8 +79,8 @@ class ScorerDeployment:
         self.scorer.enable_metrics()
         self.tag = _replica_tag()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.scorer.reconfigure(user_config)
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self.scorer.apply(user_config)
 
     def check_health(self) -> None:
         reason = self.scorer.health()
@@ -93,14 +93,7 @@ class ScorerDeployment:
     async def score(self, rows: list[ScoreRow], trace_carrier: dict[str, str]) -> dict[str, Any]:
         with tracing.request_span("scorer", trace_carrier):
             scored = await self.scorer.score(rows)
-        return {
-            "scores": scored.scores,
-            "missing": scored.missing,
-            "model_name": self.scorer.model_name,
-            "model_version": self.scorer.version,
-            "threshold": self.scorer.threshold,
-            "served_by": self.tag,
-        }
+        return {"scored": scored, "model_name": self.scorer.model_name, "served_by": self.tag}
 
 
 @serve.deployment(
@@ -136,9 +129,9 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.api
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         if self.local is not None:
-            self.local.reconfigure(user_config)
+            await self.local.apply(user_config)
 
     def check_health(self) -> None:
         """Serve's liveness probe: a replica whose store is unreachable or empty takes no traffic."""
@@ -204,16 +197,13 @@ class Ingress:
         rows = [ScoreRow(self.spec.entity_row(item), self.spec.event_time(item)) for item in items]
         if self.local is not None:
             scored = await self._score_local(self.local, rows)
-            name, version, threshold = self.local.model_name, self.local.version, self.local.threshold
-            served_by = self.tag
+            name, served_by = self.local.model_name, self.tag
         else:  # the scorer replica that answered says which model it used: a rollout may be under way
             session = request.headers.get(SESSION_HEADER)
             handle = self.remote.options(session_id=session) if session else self.remote  # type: ignore[union-attr]
             out = await handle.score.remote(rows, tracing.inject())
-            scored = Scored(out["scores"], out["missing"])
-            name, version, threshold, served_by = (
-                out["model_name"], out["model_version"], out["threshold"], out["served_by"],
-            )  # fmt: skip
+            scored, name, served_by = Scored(*out["scored"]), out["model_name"], out["served_by"]
+        version, threshold = scored.version, scored.threshold
         predictions = []
         for item, score, missing in zip(items, scored.scores, scored.missing, strict=True):
             answer = self.spec.respond(item, score, None if threshold is None else score >= threshold)

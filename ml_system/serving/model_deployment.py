@@ -23,7 +23,7 @@ from ray import serve
 from ml_system.config import PlatformConfig, load_config
 from ml_system.serving.metrics import serving_metrics
 from ml_system.serving.settings import ScorerSettings
-from ml_system.training import tracking
+from ml_system.training import mlflow_model, tracking
 
 log = logging.getLogger("ml_system.serving")
 
@@ -80,7 +80,7 @@ class RegisteredBooster:
     ) -> None:
         config = platform_config(home)
         self.registered = tracking.resolve(config.mlflow, model_name, alias=alias, version=version)
-        self.booster, self.spec = tracking.load_registered(config.mlflow, self.registered)
+        self.booster, self.spec = mlflow_model.load_model(config.mlflow, self.registered)
         self.device = select_device(device)
         self.booster.set_param({"nthread": 1, "device": self.device})
         self.columns = list(self.spec.feature_columns)
@@ -96,6 +96,7 @@ class RegisteredBooster:
             "model_version": self.registered.version,
             "feature_columns": self.columns,
             "feature_service": self.spec.feature_service,
+            "objective": self.spec.objective,
             "threshold": self.spec.threshold,
             "device": self.device,
         }
@@ -126,7 +127,8 @@ class XGBoostModel:
         configure_batch(self._score_batch, self.batching)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.model.describe(), **self.batching.model_dump()}
+        batching = self.batching.model_dump(include={"batching", "max_batch_size", "batch_wait_timeout_s"})
+        return {**self.model.describe(), **batching}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, matrices: list[np.ndarray]) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ whole, each request is scored alone, and only the one that fails gets its error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -21,7 +22,7 @@ import numpy as np
 from ray import serve
 
 from ml_system.errors import MLSystemError, ModelIntegrityError, StoreError
-from ml_system.features import FeatureStatus, FeatureStore
+from ml_system.features import FeatureStatus, FeatureStore, OnlineFeatureReader
 from ml_system.features.materialize import watermark_key
 from ml_system.serving import tracing
 from ml_system.serving.cache import MISSING, TTLCache
@@ -44,6 +45,28 @@ class ScoreRow(NamedTuple):
 class Scored(NamedTuple):
     scores: list[float]
     missing: list[list[str]]
+    version: str
+    """The model version that scored these rows (a swap may happen between two requests, never inside one)."""
+    threshold: float | None
+
+
+class Served(NamedTuple):
+    """Everything that depends on the model version, swapped as one attribute write.
+
+    A request takes the bundle once and uses it to its end, so requests in flight finish on the
+    version they started with while the next ones get the new one.
+    """
+
+    model: RegisteredBooster
+    reader: OnlineFeatureReader
+    online: CachingOnlineStore
+    columns: list[str]
+    view_of: dict[str, str]
+    threshold: float | None
+
+    @property
+    def version(self) -> str:
+        return self.model.registered.version
 
 
 class Scorer:
@@ -58,36 +81,70 @@ class Scorer:
         home: str | None = None,
         device: str = "cpu",
     ) -> None:
-        config = platform_config(home)
-        self.usecase: UseCase = load_usecase(usecase, config.usecases, check_all=False)
-        self.model = RegisteredBooster(model_name or self.usecase.model_name, alias, home, version, device=device)
-        store = FeatureStore(config)
-        self.reader = store.online_reader(feature_service=self.model.spec.feature_service)
-        self.columns = self._check_columns()
-        views = [view.name for view, _ in self.reader.plan]
+        self.config = platform_config(home)
+        self.home = home
+        self.device = device
+        self.usecase: UseCase = load_usecase(usecase, self.config.usecases, check_all=False)
+        self.model_name_wanted = model_name or self.usecase.model_name
+        self.alias, self.pinned = alias, version
         self.settings = ScorerSettings()
         self.config_error = ""
         self.feature_cache = TTLCache(0, 0)
         self.prediction_cache = TTLCache(0, 0)
-        self.online = CachingOnlineStore(self.reader.store, self.feature_cache, views)
-        self.reader.store = self.online
-        self.view_of = {name: view.name for view, feats in self.reader.plan for name, _ in feats}
-        assert self.usecase.training is not None
-        self.threshold = self.model.spec.threshold if self.usecase.training.is_classifier else None
-        self.version = self.model.registered.version
+        self.served = self._load(alias, version)
         self._metrics_on = False
 
-    def _check_columns(self) -> list[str]:
-        """The model's columns must be exactly what its feature service gives, or it is refused."""
-        columns = list(self.model.columns)
-        given = set(self.reader.feature_names)
+    def _load(self, alias: str, version: str | None) -> Served:
+        """Load a version beside the one serving and check it against its feature service (refused if they differ)."""
+        model = RegisteredBooster(self.model_name_wanted, alias, self.home, version, device=self.device)
+        reader = FeatureStore(self.config).online_reader(feature_service=model.spec.feature_service)
+        columns = list(model.columns)
+        given = set(reader.feature_names)
         if set(columns) != given:
             raise ModelIntegrityError(
-                f"model '{self.model.registered.name}' v{self.model.registered.version} expects columns "
-                f"{sorted(set(columns) - given)} that feature service '{self.model.spec.feature_service}' does not "
+                f"model '{model.registered.name}' v{model.registered.version} expects columns "
+                f"{sorted(set(columns) - given)} that feature service '{model.spec.feature_service}' does not "
                 f"give, and ignores {sorted(given - set(columns))}"
             )
-        return columns
+        online = CachingOnlineStore(reader.store, self.feature_cache, [view.name for view, _ in reader.plan])
+        reader.store = online
+        view_of = {name: view.name for view, feats in reader.plan for name, _ in feats}
+        assert self.usecase.training is not None
+        threshold = model.spec.threshold if self.usecase.training.is_classifier else None
+        return Served(model, reader, online, columns, view_of, threshold)
+
+    async def switch(self, alias: str, version: str | None) -> None:
+        """Serve another version without a restart, or keep the current one if the new one is refused.
+
+        The new version is downloaded, verified and checked in a thread beside the serving one,
+        then swapped in with one attribute write.
+        """
+        try:
+            served = await asyncio.to_thread(self._load, alias, version)
+        except MLSystemError as exc:
+            self.config_error = f"model {alias if version is None else 'version ' + version} refused: {exc}"
+            log.error("%s; still serving version %s", self.config_error, self.version)
+            return
+        self.served = served
+        if self._metrics_on:
+            served.model.enable_metrics()
+        log.info("now serving %s version %s", self.model_name, self.version)
+
+    @property
+    def model(self) -> RegisteredBooster:
+        return self.served.model
+
+    @property
+    def online(self) -> CachingOnlineStore:
+        return self.served.online
+
+    @property
+    def version(self) -> str:
+        return self.served.version
+
+    @property
+    def threshold(self) -> float | None:
+        return self.served.threshold
 
     @property
     def model_name(self) -> str:
@@ -97,19 +154,32 @@ class Scorer:
         self._metrics_on = True
         self.model.enable_metrics()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply new settings, or refuse them and keep the current ones (logged, and shown by ``/info``)."""
+    def reconfigure(self, user_config: dict[str, Any]) -> bool:
+        """Apply new settings, or refuse them and keep the current ones (logged, and shown by ``/info``).
+
+        Returns whether the settings ask for another model version than the one serving
+        (``switch`` loads it; it is async because loading takes a download).
+        """
         try:
             settings = ScorerSettings.model_validate(user_config)
         except ValueError as exc:
             self.config_error = f"user_config refused, keeping the previous settings: {exc}".replace("\n", " ")
             log.error("%s", self.config_error)
-            return
+            return False
         self.settings = settings
         self.config_error = ""
         configure_batch(self._score_batch, settings)
         self.feature_cache.resize(settings.feature_cache_ttl_s, settings.cache_max_entries)
         self.prediction_cache.resize(settings.prediction_cache_ttl_s, settings.cache_max_entries)
+        return self.wanted_version() is not None and self.wanted_version() != self.version
+
+    def wanted_version(self) -> str | None:
+        return self.settings.model_version or self.pinned
+
+    async def apply(self, user_config: dict[str, Any]) -> None:
+        """``reconfigure`` for a replica: settings now, then the model version they pin, if it changed."""
+        if self.reconfigure(user_config):
+            await self.switch(self.alias, self.wanted_version())
 
     def health(self) -> str:
         """Empty when this replica may take traffic, else why not (the store is unreachable or empty).
@@ -130,23 +200,26 @@ class Scorer:
     def describe(self) -> dict[str, Any]:
         return {
             "usecase": self.usecase.name,
+            **self.settings.model_dump(exclude={"model_version"}),
+            "pinned_version": self.wanted_version(),
             **self.model.describe(),
-            **self.settings.model_dump(),
             "config_error": self.config_error,
             "feature_cache_hit_rate": round(self.feature_cache.hit_rate(), 4),
             "prediction_cache_hit_rate": round(self.prediction_cache.hit_rate(), 4),
             "data_version": self.online.version,
         }
 
-    def assemble(self, rows: list[ScoreRow]) -> tuple[np.ndarray, list[list[str]]]:
-        online = self.reader.read([r.entity for r in rows], now=[r.at for r in rows])
+    def assemble(self, rows: list[ScoreRow], served: Served | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        served = served or self.served
+        online = served.reader.read([r.entity for r in rows], now=[r.at for r in rows])
         n = len(rows)
-        matrix = np.empty((n, len(self.columns)), dtype=np.float32)
-        for j, name in enumerate(self.columns):
+        matrix = np.empty((n, len(served.columns)), dtype=np.float32)
+        for j, name in enumerate(served.columns):
             matrix[:, j] = [np.nan if v is None else v for v in online.values[name]]
         missing: list[list[str]] = []
         present = FeatureStatus.PRESENT
-        statuses = [(self.view_of[m], st) for m, st in online.statuses.items() if m in self.view_of]
+        view_of = served.view_of
+        statuses = [(view_of[m], st) for m, st in online.statuses.items() if m in view_of]
         for i in range(n):
             missing.append(sorted({view for view, st in statuses if st[i] is not present}))
         return matrix, missing
@@ -173,7 +246,7 @@ class Scorer:
         start = 0
         for rows in requests:
             end = start + len(rows)
-            out.append(Scored(scored.scores[start:end], scored.missing[start:end]))
+            out.append(scored._replace(scores=scored.scores[start:end], missing=scored.missing[start:end]))
             start = end
         return out
 
@@ -185,14 +258,16 @@ class Scorer:
 
     def score_now(self, rows: list[ScoreRow], parents: list[Any] | None = None) -> Scored:
         """Score ``rows`` in this call (what a batch, or a bare process, runs)."""
+        served = self.served
+        version = served.version
         pc = self.prediction_cache
-        data_version = self.online.refresh(needed=pc.enabled)
+        data_version = served.online.refresh(needed=pc.enabled)
         scores: list[float] = [0.0] * len(rows)
         missing: list[list[str]] = [[] for _ in rows]
         todo = list(range(len(rows)))
         keys: list[tuple[Any, ...]] = []
         if pc.enabled:
-            keys = [(self.version, data_version, r.at, *r.entity.values()) for r in rows]
+            keys = [(version, data_version, r.at, *r.entity.values()) for r in rows]
             todo = []
             for i, key in enumerate(keys):
                 hit = pc.get(key)
@@ -203,10 +278,10 @@ class Scorer:
         if todo:
             with tracing.batch_span("features", parents or [], {"rows": len(todo)}):
                 fc_before = (self.feature_cache.hits, self.feature_cache.misses)
-                matrix, miss = self.assemble([rows[i] for i in todo])
-            attributes = {"model_version": self.version, "device": self.model.device, "rows": len(todo)}
+                matrix, miss = self.assemble([rows[i] for i in todo], served)
+            attributes = {"model_version": version, "device": served.model.device, "rows": len(todo)}
             with tracing.batch_span("model", parents or [], attributes):
-                predicted = self.model.score_now(matrix)
+                predicted = served.model.score_now(matrix)
             for i, p, m in zip(todo, predicted.tolist(), miss, strict=True):
                 scores[i], missing[i] = p, m
                 if pc.enabled:
@@ -218,7 +293,7 @@ class Scorer:
             m.rows.inc(len(rows))
             if pc.enabled:
                 m.cache_lookups("predictions", len(rows) - len(todo), len(todo))
-        return Scored(scores, missing)
+        return Scored(scores, missing, version, served.threshold)
 
     def _record(self, scored: int, miss: list[list[str]], fc_before: tuple[int, int]) -> None:
         m = serving_metrics()

@@ -19,7 +19,7 @@ SERVED_BY_HEADER = "x-served-by"
 
 
 class ScorerSettings(BaseModel):
-    """Batching and caches of a scoring replica, changed in place by ``serve deploy``.
+    """Batching, caches and the pinned model version of a scoring replica, changed in place by ``serve deploy``.
 
     Batches of up to 64 rows gathered for 2 ms; caches bounded by a 1 s TTL (how long a streamed
     feature may lag behind the store) and keyed on model and data version. A TTL of 0 turns a
@@ -34,6 +34,9 @@ class ScorerSettings(BaseModel):
     feature_cache_ttl_s: float = Field(1.0, ge=0, le=3600)
     prediction_cache_ttl_s: float = Field(1.0, ge=0, le=3600)
     cache_max_entries: int = Field(100_000, ge=0, le=10_000_000)
+    model_version: str | None = Field(None, pattern=r"^[0-9]{1,9}$")
+    """Pin a registered version; the replicas load it beside the one serving and swap without a restart
+    (a version that does not load, or does not match its feature service, is refused and the old one stays)."""
 
     def skips_queue(self, rows: int) -> bool:
         """Batching off, or the request is a batch already."""

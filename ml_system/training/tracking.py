@@ -1,19 +1,16 @@
 """MLflow: runs, lineage and the model registry.
 
-Models are logged as plain artifacts (our checksummed XGBoost JSON) and
-registered with ``create_model_version`` on the run's artifact URI, so the
-registry holds exactly the bytes whose checksum it records. Lineage lives in
-tags of both the run and the model version: the feature service, the Delta
-table versions of the training set and the checksum.
+Versions are addressed by aliases (``champion``, ``challenger``) and described
+by tags, never by MLflow's deprecated stages. Lineage lives in tags of both the
+run and the model version: the feature service, the Delta table versions of the
+training set and (for models logged by ``mlflow_model``) the checksum.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -24,7 +21,6 @@ from mlflow.exceptions import MlflowException
 
 from ml_system.config import MlflowConfig
 from ml_system.errors import ModelNotFoundError
-from ml_system.training.model_artifact import ModelSpec, load_model
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -71,15 +67,33 @@ def register_model(
     tags: dict[str, str],
     alias: str | None = CHAMPION,
 ) -> RegisteredModel:
+    """Register the files under ``artifact_path`` of a run (for models that are not MLflow logged models)."""
+    run = client(config).get_run(run_id)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    return register_source(config, model_name, source, run_id=run_id, tags=tags, alias=alias)
+
+
+def register_source(
+    config: MlflowConfig,
+    model_name: str,
+    source: str,
+    *,
+    run_id: str | None,
+    tags: dict[str, str],
+    alias: str | None = CHAMPION,
+    model_id: str | None = None,
+) -> RegisteredModel:
+    """A new version of ``model_name`` from ``source``; tags are written with the version, in one call.
+
+    ``model_id`` links the version to an MLflow logged model (``source`` then is ``models:/<model_id>``).
+    """
     c = client(config)
     try:
         c.create_registered_model(model_name, description="Registered by ml_system")
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
-    run = c.get_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    mv = c.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+    mv = c.create_model_version(model_name, source=source, run_id=run_id, tags=tags, model_id=model_id)
     if alias:
         c.set_registered_model_alias(model_name, alias, mv.version)
     return resolve(config, model_name, version=str(mv.version))
@@ -132,14 +146,6 @@ def list_versions(config: MlflowConfig, model_name: str | None = None) -> list[R
             )
         )
     return sorted(out, key=lambda m: (m.name, int(m.version)))
-
-
-def load_registered(config: MlflowConfig, model: RegisteredModel) -> tuple[Any, ModelSpec]:
-    """Download and verify the model's checksum before handing it out."""
-    client(config)
-    with tempfile.TemporaryDirectory(prefix="mlsys-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=tmp)
-        return load_model(Path(local), model.tags.get("sha256"))
 
 
 def log_dict_artifact(data: dict[str, Any], name: str) -> None:

@@ -12,7 +12,6 @@ for the tracking database.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +23,9 @@ from ml_system.config import PlatformConfig
 from ml_system.errors import UseCaseError
 from ml_system.features import FeatureStore
 from ml_system.features.definitions import parse_ref
-from ml_system.training import tracking
+from ml_system.training import mlflow_model, tracking
 from ml_system.training.evaluate import baseline_score, predict, score
-from ml_system.training.model_artifact import ModelSpec, save_model
+from ml_system.training.model_artifact import ModelSpec
 from ml_system.training.tune_xgb import tune_xgboost
 from ml_system.usecase import TrainingSpec, UseCase
 
@@ -182,19 +181,16 @@ def train_and_register(
             feature_columns=list(ts.features),
             feature_service=feature_service,
             label=ts.label,
+            objective=spec.objective,
             threshold=spec.threshold if spec.threshold is not None else 0.5,
         )
-        with tempfile.TemporaryDirectory(prefix="mlsys-model-") as tmp:
-            checksum = save_model(outcome.booster, model_spec, tmp)
-            mlflow.log_artifacts(tmp, artifact_path="model")
+        logged = mlflow_model.log_model(outcome.booster, model_spec, input_example=test[ts.features].head(5))
         run_id = run.info.run_id
-    registered = tracking.register_model(
+    registered = mlflow_model.register_model(
         config.mlflow,
+        logged,
         model_name,
-        run_id,
-        "model",
         tags={
-            "sha256": checksum,
             "metric": metric,
             f"test_{metric}": f"{test_score:.4f}",
             f"baseline_{metric}": f"{baseline:.4f}",

