@@ -47,3 +47,15 @@ class UseCaseError(MLSystemError):
 
 class StoreUnavailableError(StoreError):
     """A store did not answer within its deadline or could not be reached; retrying later may work."""
+
+
+class UnscorableError(MLSystemError):
+    """A request row the schema accepts but scoring cannot use (a date past what a clock can convert)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(index, reason)
+        self.index = index
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"row {self.index} cannot be scored: {self.reason}"

@@ -30,12 +30,12 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from ml_system.errors import MLSystemError, StoreUnavailableError
+from ml_system.errors import StoreUnavailableError, UnscorableError
 from ml_system.serving import tracing
 from ml_system.serving.http import HTTPProblem, json_response, parse_body, problem_response, read_body
 from ml_system.serving.metrics import record_request, serving_metrics
 from ml_system.serving.openapi import api_for
-from ml_system.serving.scorer import Scored, Scorer, ScoreRow, is_client_error
+from ml_system.serving.scorer import Scored, Scorer, ScoreRow
 from ml_system.serving.settings import (
     MAX_BODY_BYTES,
     RETRY_AFTER_S,
@@ -83,7 +83,7 @@ class ScorerDeployment:
         await self.scorer.apply(user_config)
 
     def check_health(self) -> None:
-        reason = self.scorer.health()
+        reason = self.scorer.check()
         if reason:
             raise RuntimeError(reason)
 
@@ -134,9 +134,9 @@ class Ingress:
             await self.local.apply(user_config)
 
     def check_health(self) -> None:
-        """Serve's liveness probe: a replica whose store is unreachable or empty takes no traffic."""
+        """Serve's liveness probe: a replica whose store is unreachable is replaced (an empty one answers 503)."""
         if self.local is not None:
-            reason = self.local.health()
+            reason = self.local.check()
             if reason:
                 raise RuntimeError(reason)
 
@@ -151,7 +151,7 @@ class Ingress:
 
     async def healthz(self) -> Response:
         t0 = time.perf_counter()
-        reason = self.local.health() if self.local is not None else ""
+        reason = self.local.unready if self.local is not None else ""
         if reason:
             response = problem_response(unavailable(reason))
         else:
@@ -179,6 +179,8 @@ class Ingress:
                 response = problem_response(unavailable("the scorer is overloaded; retry later"), headers)
             except StoreUnavailableError as exc:
                 response = problem_response(unavailable(f"online store unavailable: {exc}"), headers)
+            except UnscorableError as exc:
+                response = problem_response(self._unscorable(exc), headers)
             except Exception as exc:
                 log.exception("predict failed (trace %s)", headers[TRACE_HEADER])
                 response = problem_response(HTTPProblem(500, f"internal error: {type(exc).__name__}"), headers)
@@ -196,7 +198,7 @@ class Ingress:
             raise HTTPProblem(413, [{"loc": ["body", field], "msg": msg, "type": "too_long"}])
         rows = [ScoreRow(self.spec.entity_row(item), self.spec.event_time(item)) for item in items]
         if self.local is not None:
-            scored = await self._score_local(self.local, rows)
+            scored = await self.local.score(rows)
             name, served_by = self.local.model_name, self.tag
         else:  # the scorer replica that answered says which model it used: a rollout may be under way
             session = request.headers.get(SESSION_HEADER)
@@ -214,25 +216,7 @@ class Ingress:
             {"predictions": predictions, "model_name": name, "model_version": version}, headers=headers
         )
 
-    async def _score_local(self, scorer: Scorer, rows: list[ScoreRow]) -> Scored:
-        try:
-            return await scorer.score(rows)
-        except MLSystemError:
-            raise
-        except (OverflowError, ValueError) as exc:
-            raise self._unscorable(scorer, rows, exc) from None
-
-    def _unscorable(self, scorer: Scorer, rows: list[ScoreRow], exc: Exception) -> HTTPProblem:
-        """A value the schema allows but scoring cannot use (a date past what a clock can convert): 422 naming it."""
+    def _unscorable(self, exc: UnscorableError) -> HTTPProblem:
         field = self.spec.items_field
-        culprit = 0
-        if len(rows) > 1:
-            for i, row in enumerate(rows):
-                try:
-                    scorer.score_now([row])
-                except Exception as one:  # noqa: BLE001 - looking for the row that fails
-                    if is_client_error(one):
-                        culprit = i
-                        break
-        msg = f"{field}.{culprit}: cannot be scored: {exc}"
-        return HTTPProblem(422, [{"loc": ["body", field, culprit], "msg": msg, "type": "value_error"}])
+        msg = f"{field}.{exc.index}: cannot be scored: {exc.reason}"
+        return HTTPProblem(422, [{"loc": ["body", field, exc.index], "msg": msg, "type": "value_error"}])

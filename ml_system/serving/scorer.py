@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from ray import serve
 
-from ml_system.errors import MLSystemError, ModelIntegrityError, StoreError
+from ml_system.errors import MLSystemError, ModelIntegrityError, StoreError, StoreUnavailableError, UnscorableError
 from ml_system.features import FeatureStatus, FeatureStore, OnlineFeatureReader
 from ml_system.features.materialize import watermark_key
 from ml_system.serving import tracing
@@ -93,6 +93,8 @@ class Scorer:
         self.prediction_cache = TTLCache(0, 0)
         self.served = self._load(alias, version)
         self._metrics_on = False
+        self.unready = self.health()[0]
+        """Why this replica must not answer now ("" when it may); refreshed by every health check."""
 
     def _load(self, alias: str, version: str | None) -> Served:
         """Load a version beside the one serving and check it against its feature service (refused if they differ)."""
@@ -181,21 +183,29 @@ class Scorer:
         if self.reconfigure(user_config):
             await self.switch(self.alias, self.wanted_version())
 
-    def health(self) -> str:
-        """Empty when this replica may take traffic, else why not (the store is unreachable or empty).
+    def health(self) -> tuple[str, bool]:
+        """Why this replica must not answer now ("" when it may), and whether restarting it could help.
 
         An empty or miswired store would answer every row with all features missing, a
-        confident-looking default; refusing traffic is the honest answer.
+        confident-looking default: the replica refuses with 503 until the data lands, and starts
+        answering by itself once it does. An unreachable store also fails Serve's health check,
+        so the replica is replaced and the router stops sending it traffic.
         """
         try:
             snapshot = self.online.inner.active_snapshot()
             marks = self.online.inner.get_meta_many([watermark_key(v, snapshot) for v in self.online.views])
         except StoreError as exc:
-            return f"online store unavailable: {exc}"
+            return f"online store unavailable: {exc}", True
         empty = [view for view, mark in zip(self.online.views, marks, strict=True) if mark is None]
         if empty:
-            return f"online store holds nothing for feature views {empty}: materialize them first"
-        return ""
+            return f"online store holds nothing for feature views {empty}: materialize them first", False
+        return "", False
+
+    def check(self) -> str:
+        """Serve's health check: refresh what the request path refuses with; the reason when it is fatal."""
+        reason, fatal = self.health()
+        self.unready = reason
+        return reason if fatal else ""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -225,14 +235,37 @@ class Scorer:
         return matrix, missing
 
     async def score(self, rows: list[ScoreRow]) -> Scored:
-        """Scores and missing feature views per row, in order; a request that is a batch already skips the queue."""
+        """Scores and missing feature views per row, in order; a request that is a batch already skips the queue.
+
+        A row that the schema accepts but scoring cannot use raises ``UnscorableError`` naming it.
+        """
+        if self.unready:
+            raise StoreUnavailableError(self.unready)
         parent = tracing.current()
-        if self.settings.skips_queue(len(rows)):
-            return self.score_now(rows, [parent])
-        result = await self._score_batch(rows, parent)
+        try:
+            if self.settings.skips_queue(len(rows)):
+                return self.score_now(rows, [parent])
+            result = await self._score_batch(rows, parent)
+        except Exception as exc:  # noqa: BLE001 - re-raised; explained when the request caused it
+            raise self._explained(rows, exc) from None
         if isinstance(result, Exception):
-            raise result
+            raise self._explained(rows, result) from None
         return result
+
+    def _explained(self, rows: list[ScoreRow], exc: Exception) -> Exception:
+        """A client-caused failure becomes ``UnscorableError`` naming the first row that fails alone."""
+        if not is_client_error(exc):
+            return exc
+        culprit = 0
+        if len(rows) > 1:
+            for i, row in enumerate(rows):
+                try:
+                    self.score_now([row])
+                except Exception as one:  # noqa: BLE001 - looking for the row that fails
+                    if is_client_error(one):
+                        culprit = i
+                        break
+        return UnscorableError(culprit, f"{type(exc).__name__}: {exc}")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, requests: list[list[ScoreRow]], parents: list[Any]) -> list[Scored | Exception]:

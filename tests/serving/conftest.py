@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,25 +14,47 @@ from ml_system.serving.app import build_app
 from ml_system.serving.deploy import wait_healthy
 from ml_system.usecases.flights.demo import demo_requests
 
-Deploy = Callable[..., str]
-
 
 @pytest.fixture(scope="session")
 def demo_rows(served_home: PlatformConfig) -> list[dict[str, Any]]:
     return demo_requests(served_home)
 
 
-@pytest.fixture()
-def deploy(serve_port: int, served_home: PlatformConfig) -> Iterator[Deploy]:
-    """``deploy(name, **build_args)`` runs the flight app under ``/name`` and returns its URL; deleted after."""
-    names: list[str] = []
+class Deployer:
+    """``deployer(name, **build_args)`` runs the flight app under ``/name`` and returns its URL once healthy;
+    ``start`` returns at once (for apps that must not become healthy). Every app is deleted afterwards."""
 
-    def _deploy(name: str, app: Application | None = None, **args: Any) -> str:
-        app = app or build_app({"home": served_home.home, **args})
+    def __init__(self, serve_port: int, home: str) -> None:
+        self.base = f"http://127.0.0.1:{serve_port}"
+        self.home = home
+        self.names: list[str] = []
+
+    def start(self, name: str, app: Application | None = None, **args: Any) -> str:
+        app = app or build_app({"home": self.home, **args})
         serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
-        names.append(name)
-        return wait_healthy(f"http://127.0.0.1:{serve_port}/{name}", name)
+        self.names.append(name)
+        return f"{self.base}/{name}"
 
-    yield _deploy
-    for name in names:
-        serve.delete(name)
+    def __call__(self, name: str, app: Application | None = None, **args: Any) -> str:
+        return wait_healthy(self.start(name, app, **args), name)
+
+    def delete_all(self) -> None:
+        for name in self.names:
+            serve.delete(name)
+
+
+Deploy = Deployer
+
+
+@pytest.fixture()
+def deploy(serve_port: int, served_home: PlatformConfig) -> Iterator[Deployer]:
+    deployer = Deployer(serve_port, served_home.home)
+    yield deployer
+    deployer.delete_all()
+
+
+@pytest.fixture(scope="module")
+def deploy_module(serve_port: int, served_home: PlatformConfig) -> Iterator[Deployer]:
+    deployer = Deployer(serve_port, served_home.home)
+    yield deployer
+    deployer.delete_all()

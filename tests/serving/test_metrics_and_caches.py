@@ -36,6 +36,9 @@ def test_metrics_reach_the_prometheus_endpoint(deploy: Deploy, demo_rows: list[d
         wanted_now = [w for w in wanted if w not in text]
         if not any(ln.startswith("ray_mlsys_serve_requests_total{") and 'status="422"' in ln for ln in lines):
             wanted_now.append('requests_total status="422"')
+        tagged = [ln for ln in lines if ln.startswith("ray_mlsys_serve_rows_total{") and 'app="metrics"' in ln]
+        if not any('model_version="' in ln and 'model_version=""' not in ln for ln in tagged):
+            wanted_now.append('rows_total app="metrics" model_version="<the served version>"')
         if not any("missing_features_total{" in ln and 'view="planes"' in ln for ln in lines):
             wanted_now.append('missing_features_total view="planes"')
         return wanted_now
