@@ -119,6 +119,9 @@ class OfflineStore:
         self.check_placement(f"write offline table '{table}'")
         self._prepare_write()
         save_mode = SaveMode.OVERWRITE if mode == "overwrite" else SaveMode.APPEND
+        if save_mode == SaveMode.APPEND:
+            # Ray's Delta sink refuses to append pandas' large_string columns to the table's string ones
+            ds = ds.map_batches(_narrow_large_types, batch_format="pyarrow")
         ds.write_delta(self.table_uri(table), mode=save_mode, storage_options=self.storage_options)
         return self.version(table)
 
@@ -154,3 +157,11 @@ class OfflineStore:
 
     def read_pandas(self, table: str, version: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
         return self._table(table, version).to_pyarrow_table(columns=columns).to_pandas()
+
+
+def _narrow_large_types(batch: pa.Table) -> pa.Table:
+    """``large_string``/``large_binary`` columns as ``string``/``binary``: what Delta's types read back as."""
+    narrow = {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}
+    if not any(field.type in narrow for field in batch.schema):
+        return batch
+    return batch.cast(pa.schema([f.with_type(narrow.get(f.type, f.type)) for f in batch.schema]))
