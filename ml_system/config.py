@@ -292,7 +292,7 @@ class PlatformConfig(_Section):
         return PlatformConfig.model_validate(data)
 
     def node_local_locations(self, parts: Iterable[str]) -> list[str]:
-        """Which of ``parts`` (``offline_store``, ``registry``, ``online_store``, ``mlflow``) keep their
+        """Which of ``parts`` (``offline_store``, ``registry``, ``online_store``, ``mlflow``, ``home``) keep their
         state on one machine's disk: a local path outside ``ray.shared_paths``, or an SQLite file
         (SQLite's locking is not safe on network filesystems, so a shared path does not help it)."""
         found: list[str] = []
@@ -306,6 +306,8 @@ class PlatformConfig(_Section):
                 local(f"{part}.uri", getattr(self, part).local_path)
             elif part == "online_store" and self.online_store.type == "sqlite":
                 found.append(f"online_store (sqlite) {self.online_store.path}")
+            elif part == "home":
+                local("home", self.home)
             elif part == "mlflow":
                 if self.mlflow.tracking_uri.startswith("sqlite:"):
                     local("mlflow.tracking_uri", self.mlflow.tracking_uri.split(":///", 1)[-1])

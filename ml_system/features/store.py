@@ -477,10 +477,11 @@ class FeatureStore:
         leaves the mark where it was.
         """
         _, end_ns = window_ns(None, end, self.config.features.max_future_skew_s)
+        selected = self._checked_views(views)
         namespace = self.online.active_snapshot()
         return {
             view.name: materialize_view(self._sources(), view, None, end_ns, namespace, writer, incremental=True)
-            for view in self._checked_views(views)
+            for view in selected
         }
 
     def freshness(self, view_name: str) -> Freshness:
@@ -494,6 +495,7 @@ class FeatureStore:
     # ---- online data rollout ---------------------------------------------
     def load_snapshot(self, end: datetime, views: list[str] | None = None) -> str:
         """Materialize everything up to ``end`` into a new snapshot that no reader sees yet."""
+        self._check_placement("load a snapshot", ("registry", "online_store"))
         sid = snapshots.new_snapshot_id()
         snapshots.record(self.online, sid, end.isoformat(), "loading")
         try:
