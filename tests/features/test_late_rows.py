@@ -1,7 +1,7 @@
 """Incremental materialization against rows that land late: whatever the offline table gained
 since the last run reaches the online store, and the marks only move forward.
 
-Run on a local offline store and on S3 (moto over HTTP), whose data files Ray reads differently.
+Run on every offline store backend in the type table: a local folder and S3 (moto over HTTP).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ml_system.config import OFFLINE_STORE_CLASS_FOR_TYPE
 from ml_system.errors import EntityDataError
 from ml_system.features import DeltaSource, Entity, FeatureStore, FeatureView, Field
 from tests.conftest import make_config, s3_options
@@ -37,7 +38,7 @@ def rows(event: str, rate: float, drivers: tuple[int, ...] = (1, 2), created: st
     )
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=sorted(OFFLINE_STORE_CLASS_FOR_TYPE))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
     config = make_config(tmp_path / "mlsys")
     if request.param == "s3":
