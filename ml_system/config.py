@@ -193,18 +193,6 @@ class PluginRegistryConfig(_PluginBackend, RegistryConfig):
     model_config = ConfigDict(extra="allow")
 
 
-def _backend_tag(value: Any) -> str:
-    """``type`` if given, else the one the location's scheme implies; ``plugin`` for class paths."""
-    if isinstance(value, _Backend):
-        given: Any = value.type
-    else:
-        given = value.get("type") if isinstance(value, dict) else None
-        if not given:
-            uri = str(value.get("uri") or "") if isinstance(value, dict) else ""
-            given = TYPE_FOR_SCHEME.get(scheme_of(uri), "plugin")
-    return given if given in ("file", "s3") else "plugin"
-
-
 def _with_type(value: Any) -> Any:
     """Fill ``type`` from the scheme, and refuse a location no backend is known for."""
     if isinstance(value, dict) and not value.get("type"):
@@ -215,20 +203,20 @@ def _with_type(value: Any) -> Any:
     return value
 
 
-OfflineStoreSection = Annotated[
-    Annotated[LocalOfflineStoreConfig, Tag("file")]
-    | Annotated[S3OfflineStoreConfig, Tag("s3")]
-    | Annotated[PluginOfflineStoreConfig, Tag("plugin")],
-    Discriminator(_backend_tag),
-    BeforeValidator(_with_type),
-]
-RegistrySection = Annotated[
-    Annotated[LocalRegistryConfig, Tag("file")]
-    | Annotated[S3RegistryConfig, Tag("s3")]
-    | Annotated[PluginRegistryConfig, Tag("plugin")],
-    Discriminator(_backend_tag),
-    BeforeValidator(_with_type),
-]
+def _backend_tag(value: Any) -> str:
+    """Which member validates a section: its built-in type, or ``plugin`` for a class path."""
+    given = value.type if isinstance(value, _Backend) else value.get("type") if isinstance(value, dict) else None
+    return given if given in ("file", "s3") else "plugin"
+
+
+def _section(file: type[_Backend], s3: type[_Backend], plugin: type[_Backend]) -> Any:
+    """A section whose config class follows its ``type`` (given, or implied by the location)."""
+    members = Annotated[file, Tag("file")] | Annotated[s3, Tag("s3")] | Annotated[plugin, Tag("plugin")]
+    return Annotated[members, Discriminator(_backend_tag), BeforeValidator(_with_type)]
+
+
+OfflineStoreSection = _section(LocalOfflineStoreConfig, S3OfflineStoreConfig, PluginOfflineStoreConfig)
+RegistrySection = _section(LocalRegistryConfig, S3RegistryConfig, PluginRegistryConfig)
 
 
 class OnlineStoreConfig(_Section):
