@@ -4,6 +4,8 @@
 #   ray stop                                   # stop both
 # Clients (ray job submit, serve deploy) then need RAY_AUTH_MODE=token: Ray 2.60
 # turns token authentication on for local clusters; the token is in ~/.ray/auth_token.
+# With two nodes, stores on one node's disk are refused; both nodes share this machine's disk, so
+# declare it: MLSYS_RAY__SHARED_PATHS=$HOME/.mlsys MLSYS_ONLINE_STORE__TYPE=redis (README, "More than one node").
 set -euo pipefail
 HEAD_PORT=${HEAD_PORT:-6380}   # 6379 is the machine's Redis
 ray start --head --port "$HEAD_PORT" --num-cpus "${HEAD_CPUS:-1}" --object-store-memory 800000000 \

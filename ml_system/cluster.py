@@ -11,6 +11,7 @@ from pathlib import Path
 import ray
 
 from ml_system.config import RayConfig
+from ml_system.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +77,29 @@ def connect(config: RayConfig) -> str:
         except Exception:  # noqa: BLE001 - the URL is informative only
             url = ""
     return url if not url or url.startswith("http") else f"http://{url}"
+
+
+def alive_nodes() -> int:
+    """Nodes of the connected cluster that are alive; 1 when this process has not joined one (a
+    Ray call made then starts a local, single-node cluster)."""
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def refuse_node_local(action: str, locations: list[str]) -> None:
+    """Refuse ``action`` on a cluster of several nodes while ``locations`` live on one node's disk.
+
+    Tasks on another node would write and read their own copies there (an ``online.db``, Delta data
+    files the driver's log names but cannot see) and nothing would fail. Checked before anything is
+    written; one GCS call (``ray.nodes``), which is nothing beside the work it guards.
+    """
+    if not locations:
+        return
+    nodes = alive_nodes()
+    if nodes > 1:
+        raise ConfigError(
+            f"cannot {action} on a cluster of {nodes} nodes: {'; '.join(locations)} "
+            "is on one node's disk. Use s3:// locations and online_store.type redis, or list a mount that "
+            "every node shares (NFS) in ray.shared_paths"
+        )

@@ -10,12 +10,24 @@ path would silently point at a throw-away folder.
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from ml_system.errors import ConfigError
 
@@ -33,20 +45,178 @@ class RayConfig(_Section):
     num_cpus: int | None = None
     object_store_memory: int = 1_000_000_000
     dashboard_host: str = "127.0.0.1"
+    shared_paths: list[str] = Field(default_factory=list)
+    """Local paths mounted at the same place on every node (NFS, EFS, Lustre): stores under them are
+    accepted on a multi-node cluster. ``MLSYS_RAY__SHARED_PATHS`` takes them ``:``-separated, like ``PATH``."""
+
+    @field_validator("shared_paths", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(os.pathsep) if part]
+        return [str(Path(p).expanduser().resolve()) for p in value] if isinstance(value, list) else value
+
+    def is_shared(self, path: str) -> bool:
+        return any(Path(path).resolve().is_relative_to(root) for root in self.shared_paths)
 
 
-class OfflineStoreConfig(_Section):
+# ---- backends picked by type ------------------------------------------------------------------
+# As in Feast's ``repo_config.py``: a section's ``type`` names a backend in a table of import paths
+# (loaded lazily by ``ml_system.features``, so this module imports none of the engine), and each
+# backend has its own config class here, so a bad value fails when the file is loaded. A dotted
+# ``type`` is a class path outside the package. Without ``type`` the location's scheme picks it.
+
+TYPE_FOR_SCHEME: dict[str, str] = {"": "file", "file": "file", "s3": "s3", "s3a": "s3"}
+
+OFFLINE_STORE_CLASS_FOR_TYPE: dict[str, str] = {
+    "file": "ml_system.features.offline.local.LocalDeltaStore",
+    "s3": "ml_system.features.offline.s3.S3DeltaStore",
+}
+REGISTRY_STORE_CLASS_FOR_TYPE: dict[str, str] = {
+    "file": "ml_system.features.registry.storage.LocalVersionStore",
+    "s3": "ml_system.features.registry.storage.S3VersionStore",
+}
+
+
+def scheme_of(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else ""
+
+
+class _Backend(_Section):
+    """What every backend of a section has: its type and where its data lives."""
+
+    type: str
     uri: str = ""
-    """Root of the Delta tables: a local path or ``s3://bucket/prefix``."""
-    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def local_path(self) -> str | None:
+        """The path on this machine's disk the backend keeps its state under; None for remote storage."""
+        return None
 
 
-class RegistryConfig(_Section):
-    uri: str = ""
-    """Folder of the feature registry's versions: a local path or ``s3://bucket/prefix``
-    (default ``<home>/registry``)."""
+class _LocalBackend(_Backend):
+    type: Literal["file"] = "file"
+
+    @field_validator("uri")
+    @classmethod
+    def _plain_path(cls, uri: str) -> str:
+        if scheme_of(uri) not in ("", "file"):
+            raise ValueError(f"type 'file' takes a local path, not '{uri}'")
+        return uri.removeprefix("file://")
+
+    @property
+    def local_path(self) -> str | None:
+        return self.uri
+
+
+class _S3Backend(_Backend):
+    type: Literal["s3"] = "s3"
+    uri: str
     storage_options: dict[str, str] = Field(default_factory=dict)
+    """``AWS_*`` keys as deltalake takes them (``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _s3_uri(cls, uri: str) -> str:
+        if scheme_of(uri) not in ("s3", "s3a") or not uri.split("://", 1)[1].strip("/"):
+            raise ValueError(f"type 's3' takes s3://bucket/prefix, not '{uri}'")
+        return uri
+
+    @field_validator("storage_options")
+    @classmethod
+    def _upper_keys(cls, options: dict[str, str]) -> dict[str, str]:
+        # env overrides arrive lower-cased (MLSYS_..._STORAGE_OPTIONS__AWS_REGION -> aws_region)
+        return {key.upper(): value for key, value in options.items()}
+
+
+class _PluginBackend(_Backend):
+    """A backend outside the package: ``type`` is its class path; other keys go to that class."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @field_validator("type")
+    @classmethod
+    def _importable(cls, path: str) -> str:
+        module, _, name = path.rpartition(".")
+        if not module:
+            raise ValueError(f"unknown type '{path}': use one of the built-in types or a class path (pkg.module.Class)")
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError as exc:
+            raise ValueError(f"cannot import backend module '{module}': {exc}") from exc
+        if not isinstance(found, type):
+            raise ValueError(f"'{path}' names no class")
+        return path
+
+
+class OfflineStoreConfig(_Backend):
+    """Base of the offline store's backend configs (``type``: ``file``, ``s3`` or a class path)."""
+
+
+class LocalOfflineStoreConfig(_LocalBackend, OfflineStoreConfig):
+    """Delta tables under a path: this machine's disk, or a mount listed in ``ray.shared_paths``."""
+
+
+class S3OfflineStoreConfig(_S3Backend, OfflineStoreConfig):
+    """Delta tables on S3. Commits are conditional puts (``If-None-Match: *`` on the log entry),
+    which is what keeps concurrent writers from overwriting each other's commits."""
+
+    @field_validator("storage_options")
+    @classmethod
+    def _safe_commits(cls, options: dict[str, str]) -> dict[str, str]:
+        options = {key.upper(): value for key, value in options.items()}
+        if options.get("AWS_S3_ALLOW_UNSAFE_RENAME", "").lower() in ("true", "1", "yes"):
+            raise ValueError(
+                "AWS_S3_ALLOW_UNSAFE_RENAME=true opts out of safe concurrent commits; remove it (deltalake commits "
+                "to S3 with conditional puts, which S3 and MinIO support)"
+            )
+        return options
+
+
+class PluginOfflineStoreConfig(_PluginBackend, OfflineStoreConfig):
+    model_config = ConfigDict(extra="allow")
+
+
+class RegistryConfig(_Backend):
+    """Base of the registry storage configs: the folder of numbered versions (default ``<home>/registry``)."""
+
+
+class LocalRegistryConfig(_LocalBackend, RegistryConfig):
+    pass
+
+
+class S3RegistryConfig(_S3Backend, RegistryConfig):
     """Same ``AWS_*`` keys as the offline store's, so one set of credentials serves both."""
+
+
+class PluginRegistryConfig(_PluginBackend, RegistryConfig):
+    model_config = ConfigDict(extra="allow")
+
+
+def _with_type(value: Any) -> Any:
+    """Fill ``type`` from the scheme, and refuse a location no backend is known for."""
+    if isinstance(value, dict) and not value.get("type"):
+        scheme = scheme_of(str(value.get("uri") or ""))
+        if scheme not in TYPE_FOR_SCHEME:
+            raise ValueError(f"no backend for '{scheme}://' locations; set type to one of file, s3 or a class path")
+        value = {**value, "type": TYPE_FOR_SCHEME[scheme]}
+    return value
+
+
+def _backend_tag(value: Any) -> str:
+    """Which member validates a section: its built-in type, or ``plugin`` for a class path."""
+    given = value.type if isinstance(value, _Backend) else value.get("type") if isinstance(value, dict) else None
+    return given if given in ("file", "s3") else "plugin"
+
+
+def _section(file: type[_Backend], s3: type[_Backend], plugin: type[_Backend]) -> Any:
+    """A section whose config class follows its ``type`` (given, or implied by the location)."""
+    members = Annotated[file, Tag("file")] | Annotated[s3, Tag("s3")] | Annotated[plugin, Tag("plugin")]
+    return Annotated[members, Discriminator(_backend_tag), BeforeValidator(_with_type)]
+
+
+OfflineStoreSection = _section(LocalOfflineStoreConfig, S3OfflineStoreConfig, PluginOfflineStoreConfig)
+RegistrySection = _section(LocalRegistryConfig, S3RegistryConfig, PluginRegistryConfig)
 
 
 class OnlineStoreConfig(_Section):
@@ -83,8 +253,8 @@ class PlatformConfig(_Section):
     usecases: dict[str, str] = Field(default_factory=dict)
     """Extra or replacement use cases, ``name: package.module:attribute``, over the built-in table."""
     ray: RayConfig = Field(default_factory=RayConfig)
-    offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    offline_store: OfflineStoreSection = Field(default_factory=LocalOfflineStoreConfig)
+    registry: RegistrySection = Field(default_factory=LocalRegistryConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
@@ -96,16 +266,53 @@ class PlatformConfig(_Section):
         home = home.expanduser().resolve()
         data = self.model_dump()
         data["home"] = str(home)
-        off = data["offline_store"]
-        off["uri"] = _absolute(off["uri"] or str(home / "offline"))
-        reg = data["registry"]
-        reg["uri"] = _absolute(reg["uri"] or str(home / "registry"))
+        # an empty location (the default, or ``--home`` resetting every location) is a folder under home
+        for section, folder in (("offline_store", "offline"), ("registry", "registry")):
+            if not data[section]["uri"]:
+                data[section] = {"type": "file", "uri": str(home / folder)}
+            elif data[section]["type"] == "file":
+                data[section]["uri"] = _absolute(data[section]["uri"])
         on = data["online_store"]
         on["path"] = _absolute(on["path"] or str(home / "online.db"))
         ml = data["mlflow"]
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
         return PlatformConfig.model_validate(data)
+
+    def node_local_locations(self, parts: Iterable[str]) -> list[str]:
+        """Which of ``parts`` (``offline_store``, ``registry``, ``online_store``, ``mlflow``, ``home``) keep their
+        state on one machine's disk: a local path outside ``ray.shared_paths``, or an SQLite file
+        (SQLite's locking is not safe on network filesystems, so a shared path does not help it)."""
+        found: list[str] = []
+
+        def local(name: str, path: str | None) -> None:
+            if path is not None and not self.ray.is_shared(path):
+                found.append(f"{name} {path}")
+
+        for part in parts:
+            if part in ("offline_store", "registry"):
+                local(f"{part}.uri", getattr(self, part).local_path)
+            elif part == "online_store" and self.online_store.type == "sqlite":
+                found.append(f"online_store (sqlite) {self.online_store.path}")
+            elif part == "home":
+                local("home", self.home)
+            elif part == "mlflow":
+                if self.mlflow.tracking_uri.startswith("sqlite:"):
+                    local("mlflow.tracking_uri", self.mlflow.tracking_uri.split(":///", 1)[-1])
+                if scheme_of(self.mlflow.artifact_location) in ("", "file"):
+                    local("mlflow.artifact_location", self.mlflow.artifact_location.removeprefix("file://"))
+        return found
+
+
+def registry_config(uri: str, storage_options: dict[str, str] | None = None) -> RegistryConfig:
+    """The registry backend config a location implies (``Registry(uri)`` in scripts and tests)."""
+    data: dict[str, Any] = {"uri": uri}
+    if storage_options:
+        data["storage_options"] = storage_options
+    try:
+        return TypeAdapter(RegistrySection).validate_python(data)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise ConfigError(f"registry '{uri}': {exc.errors()[0]['msg']}") from exc
 
 
 def _absolute(location: str) -> str:
@@ -162,5 +369,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         return PlatformConfig.model_validate(data).resolved()
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
+        # a backend section's loc carries the union member's tag (offline_store.s3.uri): drop it
+        loc = [p for i, p in enumerate(first["loc"]) if not (i == 1 and p in ("file", "s3", "plugin"))]
+        field = ".".join(str(p) for p in loc)
         raise ConfigError(f"config field '{field}': {first['msg']}") from exc

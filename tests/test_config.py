@@ -55,3 +55,66 @@ def test_invalid_config_names_the_field(tmp_path: Path, text: str, needle: str) 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+# ---- backends picked by type -------------------------------------------------------------------
+
+
+def test_each_location_picks_its_backend_from_the_type_table(tmp_path: Path) -> None:
+    from ml_system.config import OFFLINE_STORE_CLASS_FOR_TYPE
+    from ml_system.features.offline import open_offline_store
+
+    local = load_config(environ={"MLSYS_HOME": str(tmp_path)})
+    s3 = load_config(environ={"MLSYS_HOME": str(tmp_path), "MLSYS_OFFLINE_STORE__URI": "s3://bucket/features"})
+    assert (local.offline_store.type, s3.offline_store.type) == ("file", "s3")  # from the scheme
+    for config in (local, s3):
+        store = open_offline_store(config.offline_store)
+        path = f"{type(store).__module__}.{type(store).__name__}"
+        assert path == OFFLINE_STORE_CLASS_FOR_TYPE[config.offline_store.type]
+    assert load_config(environ={"MLSYS_HOME": str(tmp_path), "MLSYS_REGISTRY__URI": "s3a://b/r"}).registry.type == "s3"
+
+
+def test_env_overrides_reach_a_backend_s_own_fields(tmp_path: Path) -> None:
+    cfg = load_config(
+        environ={
+            "MLSYS_HOME": str(tmp_path),
+            "MLSYS_OFFLINE_STORE__URI": "s3://bucket/features",
+            "MLSYS_OFFLINE_STORE__STORAGE_OPTIONS__AWS_REGION": "eu-west-1",
+            "MLSYS_RAY__SHARED_PATHS": f"{tmp_path / 'nfs'}:{tmp_path / 'lustre'}",
+        }
+    )
+    assert cfg.offline_store.storage_options == {"AWS_REGION": "eu-west-1"}  # type: ignore[union-attr]
+    assert cfg.ray.shared_paths == [str(tmp_path / "nfs"), str(tmp_path / "lustre")]
+    assert cfg.ray.is_shared(str(tmp_path / "nfs" / "offline")) and not cfg.ray.is_shared(str(tmp_path / "nfsx"))
+
+
+@pytest.mark.parametrize(
+    ("environ", "needle"),
+    [
+        ({"MLSYS_OFFLINE_STORE__URI": "gs://bucket/features"}, "no backend for 'gs://'"),
+        ({"MLSYS_OFFLINE_STORE__TYPE": "s3"}, "offline_store.uri"),  # s3 without a bucket
+        ({"MLSYS_OFFLINE_STORE__TYPE": "s3", "MLSYS_OFFLINE_STORE__URI": "/data/features"}, "s3://bucket/prefix"),
+        ({"MLSYS_OFFLINE_STORE__TYPE": "file", "MLSYS_OFFLINE_STORE__URI": "s3://b/f"}, "local path"),
+        ({"MLSYS_OFFLINE_STORE__TYPE": "delta"}, "offline_store.type"),
+        ({"MLSYS_OFFLINE_STORE__URI": "/data", "MLSYS_OFFLINE_STORE__STORAGE_OPTIONS__A": "b"}, "storage_options"),
+    ],
+)
+def test_an_offline_store_no_backend_serves_fails_when_loaded(
+    tmp_path: Path, environ: dict[str, str], needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(environ={"MLSYS_HOME": str(tmp_path), **environ})
+
+
+def test_a_backend_outside_the_package_is_named_by_class_path(tmp_path: Path) -> None:
+    from ml_system.features.offline import open_offline_store
+    from ml_system.features.offline.local import LocalDeltaStore
+
+    cfg = load_config(
+        environ={
+            "MLSYS_HOME": str(tmp_path),
+            "MLSYS_OFFLINE_STORE__TYPE": "ml_system.features.offline.local.LocalDeltaStore",
+            "MLSYS_OFFLINE_STORE__URI": str(tmp_path / "elsewhere"),
+        }
+    )
+    assert isinstance(open_offline_store(cfg.offline_store), LocalDeltaStore)

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
+from ml_system.cluster import refuse_node_local
 from ml_system.config import PlatformConfig
 from ml_system.errors import DefinitionError, EntityDataError, StoreError
 from ml_system.features import snapshots
@@ -25,8 +26,8 @@ from ml_system.features.definitions import (
     OnDemandFeatureView,
     group_refs,
 )
-from ml_system.features.materialize import WriteLatest, latest_rows, watermark_key, window_ns
-from ml_system.features.offline_store import OfflineStore
+from ml_system.features.materialize import Stores, WriteLatest, latest_rows, materialize_view, watermark_key, window_ns
+from ml_system.features.offline import OfflineStore, open_offline_store
 from ml_system.features.online import FeatureStatus, OnlineRow, OnlineStore, entity_key, open_online_store
 from ml_system.features.partitioning import KeyKind, arrow_key_kind, common_kinds, key_kind
 from ml_system.features.pit_join import JoinSpec, join_blocks, join_pandas
@@ -215,9 +216,13 @@ def _with_ondemand(frame: pd.DataFrame, computed: list[tuple[OnDemandFeatureView
 class FeatureStore:
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
-        self.registry = Registry(config.registry.uri, config.registry.storage_options)
-        self.offline = OfflineStore(config.offline_store)
+        self.registry = Registry(config.registry, shared_paths=config.ray.shared_paths)
+        self.offline: OfflineStore = open_offline_store(config.offline_store, config.ray.shared_paths)
         self._online: OnlineStore | None = None
+
+    def _check_placement(self, action: str, parts: tuple[str, ...]) -> None:
+        """Refuse ``action`` on a multi-node cluster while one of ``parts`` lives on one node's disk."""
+        refuse_node_local(action, self.config.node_local_locations(parts))
 
     @property
     def online(self) -> OnlineStore:
@@ -228,6 +233,7 @@ class FeatureStore:
     # ---- registry -------------------------------------------------------
     def apply(self, objects: list[Definition], *, by: str = "", prune: bool = False) -> int:
         """Check sources, then record the definitions as one registry version (or none on any error)."""
+        self._check_placement("apply feature definitions", ("registry",))
         for obj in objects:
             if isinstance(obj, FeatureView):
                 self._check_source(obj)
@@ -430,35 +436,30 @@ class FeatureStore:
 
         Every view's source is checked before anything is written, so bad input leaves the online
         store as it was. A view's ``materialized_until`` moves only once all of its blocks are
-        written: a run that dies part-way is resumed by running again, and the upsert-if-newer write
-        makes the repeated blocks land as no-ops. ``snapshot`` picks the namespace (default: the
-        active one); ``writer`` is the Ray Data batch callable, replaceable for custom sinks or to
+        written, and never backwards: a run that dies part-way is resumed by running again, and the
+        upsert-if-newer write makes the repeated blocks land as no-ops. An ``end`` beyond the clock
+        (plus ``features.max_future_skew_s``) is refused. ``snapshot`` picks the namespace (default:
+        the active one); ``writer`` is the Ray Data batch callable, replaceable for custom sinks or to
         inject faults.
         """
-        start_ns, end_ns = window_ns(start, end)
-        namespace = self.online.active_snapshot() if snapshot is None else snapshot
+        start_ns, end_ns = window_ns(start, end, self.config.features.max_future_skew_s)
         selected = self._checked_views(views)
-        return {view.name: self._materialize_view(view, start_ns, end_ns, namespace, writer) for view in selected}
+        namespace = self.online.active_snapshot() if snapshot is None else snapshot
+        return {
+            view.name: materialize_view(self._sources(), view, start_ns, end_ns, namespace, writer, incremental=False)
+            for view in selected
+        }
+
+    def _sources(self) -> Stores:
+        return Stores(self.offline, self.online, self.config.online_store)
 
     def _checked_views(self, views: list[str] | None) -> list[FeatureView]:
-        """The selected views, every source checked before anything is written."""
+        """The selected views, every source and every store's placement checked before anything is written."""
+        self._check_placement("materialize", ("registry", "online_store"))
         selected = self._views(views)
         for view in selected:
             self._check_source(view, require_table=True)
         return selected
-
-    def _materialize_view(
-        self, view: FeatureView, start_ns: int | None, end_ns: int, namespace: str, writer: type[WriteLatest]
-    ) -> int:
-        cols = [*view.join_keys, view.source.timestamp_field, *view.feature_names]
-        if view.source.created_timestamp_field:
-            cols.append(view.source.created_timestamp_field)
-        ds = self.offline.read_dataset(view.source.table, columns=cols)
-        counts = ds.map_batches(
-            writer(view, self.config.online_store, start_ns, end_ns, namespace), batch_format="pandas"
-        ).take_all()
-        self.online.set_meta(watermark_key(view.name, namespace), str(end_ns))
-        return int(sum(r["written"] for r in counts))
 
     def materialized_until(self, view: str, snapshot: str | None = None) -> datetime | None:
         namespace = self.online.active_snapshot() if snapshot is None else snapshot
@@ -468,13 +469,20 @@ class FeatureStore:
     def materialize_incremental(
         self, end: datetime, views: list[str] | None = None, *, writer: type[WriteLatest] = WriteLatest
     ) -> dict[str, int]:
-        """Each view resumes from where its last materialization (into the active snapshot) ended."""
+        """Each view resumes where its last run into the active snapshot ended, in event time and in ingestion.
+
+        Rows past the view's ``materialized_until`` are taken up to ``end``, and so is every row of
+        the data files added to the source since the last run, however old its event time (late
+        rows, corrections, backfills). An ``end`` before the mark writes only such late rows and
+        leaves the mark where it was.
+        """
+        _, end_ns = window_ns(None, end, self.config.features.max_future_skew_s)
+        selected = self._checked_views(views)
         namespace = self.online.active_snapshot()
-        written: dict[str, int] = {}
-        for view in self._checked_views(views):
-            start_ns, end_ns = window_ns(self.materialized_until(view.name, namespace), end)
-            written[view.name] = self._materialize_view(view, start_ns, end_ns, namespace, writer)
-        return written
+        return {
+            view.name: materialize_view(self._sources(), view, None, end_ns, namespace, writer, incremental=True)
+            for view in selected
+        }
 
     def freshness(self, view_name: str) -> Freshness:
         """Newest event in the offline table (from Delta's file statistics) and the online watermark."""
@@ -487,6 +495,7 @@ class FeatureStore:
     # ---- online data rollout ---------------------------------------------
     def load_snapshot(self, end: datetime, views: list[str] | None = None) -> str:
         """Materialize everything up to ``end`` into a new snapshot that no reader sees yet."""
+        self._check_placement("load a snapshot", ("registry", "online_store"))
         sid = snapshots.new_snapshot_id()
         snapshots.record(self.online, sid, end.isoformat(), "loading")
         try:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from ray import serve
 
+from ml_system.cluster import refuse_node_local
 from ml_system.errors import MLSystemError, ModelIntegrityError, StoreError, StoreUnavailableError, UnscorableError
 from ml_system.features import FeatureStatus, FeatureStore, OnlineFeatureReader
 from ml_system.features.materialize import watermark_key
@@ -82,6 +83,8 @@ class Scorer:
         device: str = "cpu",
     ) -> None:
         self.config = platform_config(home)
+        # a replica on another node would open its own empty copy of a node-local store and answer from it
+        refuse_node_local("serve", self.config.node_local_locations(("online_store", "registry")))
         self.home = home
         self.device = device
         self.usecase: UseCase = load_usecase(usecase, self.config.usecases, check_all=False)

@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from ml_system.cluster import refuse_node_local
 from ml_system.config import PlatformConfig
 from ml_system.errors import UseCaseError
 from ml_system.features import FeatureStore
@@ -130,6 +131,8 @@ def train_and_register(
     alias: str | None,
     on_trial_done: Callable[[str, float], None] | None = None,
 ) -> TrainReport:
+    # Tune keeps trial checkpoints under home and MLflow the model: trials and replicas on other nodes read them
+    refuse_node_local("train and register a model", config.node_local_locations(("mlflow", "home")))
     train, valid, test = (ts.split(name) for name in SPLITS)
     for name, part in zip(SPLITS, (train, valid, test), strict=True):
         if part.empty:

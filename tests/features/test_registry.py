@@ -1,9 +1,8 @@
-"""The registry: lifecycle with history, plan diffs, consumers guarding retirement,
-and concurrent applies from real processes on a local folder and on S3 (moto over HTTP)."""
+"""The registry: lifecycle with history, plan diffs, consumers guarding retirement.
+What every storage backend must do (concurrent applies, damaged versions) is in test_registry_storage."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 from ml_system.errors import DefinitionError, StoreError
 from ml_system.features import DeltaSource, Entity, FeatureService, FeatureStore, FeatureView, Field, Lifecycle
 from ml_system.features.registry import Registry
-from tests.conftest import s3_options
 
 driver = Entity("driver", ["driver_id"])
 
@@ -117,48 +115,3 @@ def test_a_failed_apply_leaves_the_registry_as_it_was(registry: Registry, platfo
     with pytest.raises(StoreError, match="trips"):
         store.apply([view("fine"), view("stats", ("rate", "trips"), description="now checked")])
     assert store.registry.document() == before
-
-
-# ---- two real processes applying at once -------------------------------------------------------
-
-
-def _apply_many(uri: str, options: dict[str, str], who: str, count: int, start: mp.synchronize.Barrier) -> None:
-    reg = Registry(uri, options)
-    start.wait()
-    for i in range(count):
-        reg.apply([FeatureView(f"{who}_{i}", [driver], [Field("x")], DeltaSource("t"), owner=who)], by=who)
-
-
-def _concurrent_applies(uri: str, options: dict[str, str]) -> None:
-    Registry(uri, options).apply([driver], by="setup")
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    count = 6
-    procs = [ctx.Process(target=_apply_many, args=(uri, options, who, count, barrier)) for who in ("p1", "p2")]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
-    reg = Registry(uri, options)
-    assert sorted(reg.feature_views()) == sorted(f"{w}_{i}" for w in ("p1", "p2") for i in range(count))
-    assert reg.version == 1 + 2 * count  # every apply is its own version, none lost or merged
-    authors = [reg.document(v)["created_by"] for v in range(2, reg.version + 1)]
-    assert sorted(authors) == ["p1"] * count + ["p2"] * count
-
-
-def test_two_processes_apply_concurrently_on_a_local_folder(tmp_path: Path) -> None:
-    _concurrent_applies(str(tmp_path / "registry"), {})
-
-
-def test_two_processes_apply_concurrently_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
-    _concurrent_applies(f"s3://{s3_bucket}/registry", s3_options(s3_endpoint))
-
-
-def test_registry_on_s3_refuses_a_stale_writer(s3_endpoint: str, s3_bucket: str) -> None:
-    """The conditional put itself: a second create of the same version is refused by the server."""
-    reg = Registry(f"s3://{s3_bucket}/registry", s3_options(s3_endpoint))
-    reg.apply([driver, view("stats")], by="alice")
-    assert reg.store.create(2, b"{}") is True
-    assert reg.store.create(2, b"{}") is False
-    assert reg.store.latest() == 2

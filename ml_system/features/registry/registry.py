@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ml_system.config import RegistryConfig, registry_config
 from ml_system.errors import DefinitionError, MLSystemError, StoreError
 from ml_system.features.definitions import (
     DeltaSource,
@@ -47,6 +49,9 @@ TRANSITIONS: dict[Lifecycle, set[Lifecycle]] = {
     Lifecycle.RETIRED: set(),
 }
 _META = ("version", "created_at", "created_by", "summary")
+_SECTIONS = ("entities", "feature_views", "feature_services", "consumers")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -210,17 +215,58 @@ class Registry:
 
     max_attempts = 50
 
-    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
-        self.uri = uri
-        self.store: VersionStore = open_version_store(uri, storage_options)
+    def __init__(
+        self,
+        config: RegistryConfig | str,
+        storage_options: dict[str, str] | None = None,
+        shared_paths: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        """``config`` is the registry's backend config, or a location (``Registry("s3://b/registry", opts)``)."""
+        if isinstance(config, str):
+            config = registry_config(config, storage_options)
+        self.uri = config.uri
+        self.config = config
+        self.store: VersionStore = open_version_store(config, shared_paths)
         self._cache: tuple[int, dict[str, Any]] = (0, _empty())
+        self._reported: set[int] = set()
 
     # ---- reading ------------------------------------------------------------------
     def _load(self) -> tuple[int, dict[str, Any]]:
+        """The highest version number present and the newest document that reads whole.
+
+        They differ only when the newest version is damaged (a truncated copy, a disk that filled up):
+        that file is reported by name once, reads are served from the version before it, and the next
+        change is written after it (its number is taken, so it can never be created again).
+        """
         latest = self.store.latest()
         if latest != self._cache[0]:
-            self._cache = (latest, json.loads(self.store.read(latest)) if latest else _empty())
+            self._cache = (latest, self._newest_readable(latest))
         return self._cache
+
+    def _newest_readable(self, latest: int) -> dict[str, Any]:
+        for version in range(latest, 0, -1):
+            try:
+                return self._parse(version)
+            except StoreError as exc:
+                if version not in self._reported:
+                    self._reported.add(version)
+                    log.warning("%s; serving the newest version before it", exc)
+        return _empty()
+
+    def _parse(self, version: int) -> dict[str, Any]:
+        where = self.store.location(version)
+        try:
+            doc = json.loads(self.store.read(version))
+        except (ValueError, OSError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise StoreError(f"registry version file {where} is unreadable or corrupt: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("version") != version or any(k not in doc for k in _SECTIONS):
+            raise StoreError(f"registry version file {where} is corrupt: not a registry document of version {version}")
+        return doc
+
+    @property
+    def corrupt_versions(self) -> list[str]:
+        """Files found damaged so far (each also logged once), to show beside a listing."""
+        return [self.store.location(v) for v in sorted(self._reported)]
 
     @property
     def version(self) -> int:
@@ -230,7 +276,7 @@ class Registry:
         """The raw document of a version (the latest by default), e.g. to audit who changed what."""
         if version is None:
             return copy.deepcopy(self._load()[1])
-        return json.loads(self.store.read(version))
+        return self._parse(version)
 
     def entities(self) -> dict[str, Entity]:
         return _entities(self._load()[1])

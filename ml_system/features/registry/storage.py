@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ml_system.config import REGISTRY_STORE_CLASS_FOR_TYPE, LocalRegistryConfig, RegistryConfig, S3RegistryConfig
 from ml_system.errors import StoreError
+from ml_system.features.backends import backend_class
 
 _VERSION_FILE = re.compile(r"^(\d{10})\.json$")
 
@@ -38,6 +41,9 @@ def version_name(version: int) -> str:
 class VersionStore(ABC):
     """Immutable, numbered documents with an exclusive create."""
 
+    def __init__(self, config: RegistryConfig, shared_paths: Sequence[str] = ()) -> None:
+        self.config = config
+
     @abstractmethod
     def latest(self) -> int:
         """Highest version present, 0 when there is none."""
@@ -49,6 +55,10 @@ class VersionStore(ABC):
     def create(self, version: int, data: bytes) -> bool:
         """Store ``data`` as ``version`` unless it exists; False if another writer got there first."""
 
+    @abstractmethod
+    def location(self, version: int) -> str:
+        """Where ``version`` is stored, to name it in messages."""
+
     @staticmethod
     def _highest(names: list[str]) -> int:
         found = [int(m.group(1)) for m in (_VERSION_FILE.match(n.rsplit("/", 1)[-1]) for n in names) if m]
@@ -56,8 +66,11 @@ class VersionStore(ABC):
 
 
 class LocalVersionStore(VersionStore):
-    def __init__(self, root: str) -> None:
-        self.root = Path(root) / "versions"
+    """A folder on this machine or on a shared mount (NFS: ``link`` is atomic there too)."""
+
+    def __init__(self, config: LocalRegistryConfig, shared_paths: Sequence[str] = ()) -> None:
+        super().__init__(config, shared_paths)
+        self.root = Path(config.uri) / "versions"
 
     def latest(self) -> int:
         if not self.root.exists():
@@ -67,9 +80,15 @@ class LocalVersionStore(VersionStore):
     def read(self, version: int) -> bytes:
         return (self.root / version_name(version)).read_bytes()
 
+    def location(self, version: int) -> str:
+        return str(self.root / version_name(version))
+
     def create(self, version: int, data: bytes) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".pending-")
+        # os.open with mode 0o666, not mkstemp (always 0600): the umask decides, as for any file the team
+        # writes, so a group-shared folder stays readable to the group
+        tmp = self.root / f".pending-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -95,19 +114,20 @@ def s3fs_options(options: dict[str, str]) -> dict[str, Any]:
     if options.get("AWS_ACCESS_KEY_ID"):
         out["key"] = options["AWS_ACCESS_KEY_ID"]
         out["secret"] = options.get("AWS_SECRET_ACCESS_KEY")
+        if options.get("AWS_SESSION_TOKEN"):
+            out["token"] = options["AWS_SESSION_TOKEN"]
     return out
 
 
-class FsspecVersionStore(VersionStore):
-    """Object stores through fsspec; the exclusive create is the store's conditional put."""
+class S3VersionStore(VersionStore):
+    """S3 through s3fs; the exclusive create is the store's conditional put."""
 
-    def __init__(self, uri: str, storage_options: dict[str, str]) -> None:
+    def __init__(self, config: S3RegistryConfig, shared_paths: Sequence[str] = ()) -> None:
         import fsspec
 
-        protocol = uri.split("://", 1)[0]
-        kwargs = s3fs_options(storage_options) if protocol in ("s3", "s3a") else dict(storage_options)
-        self.fs = fsspec.filesystem(protocol, **kwargs)
-        self.root = f"{uri.rstrip('/')}/versions"
+        super().__init__(config, shared_paths)
+        self.fs = fsspec.filesystem("s3", **s3fs_options(config.storage_options))
+        self.root = f"{config.uri.rstrip('/')}/versions"
 
     def latest(self) -> int:
         try:
@@ -117,11 +137,14 @@ class FsspecVersionStore(VersionStore):
         return self._highest(list(names))
 
     def read(self, version: int) -> bytes:
-        return bytes(self.fs.cat_file(f"{self.root}/{version_name(version)}"))
+        return bytes(self.fs.cat_file(self.location(version)))
+
+    def location(self, version: int) -> str:
+        return f"{self.root}/{version_name(version)}"
 
     def create(self, version: int, data: bytes) -> bool:
         try:
-            self.fs.pipe_file(f"{self.root}/{version_name(version)}", data, mode="create")
+            self.fs.pipe_file(self.location(version), data, mode="create")
         except FileExistsError:
             return False
         except OSError as exc:
@@ -129,7 +152,6 @@ class FsspecVersionStore(VersionStore):
         return True
 
 
-def open_version_store(uri: str, storage_options: dict[str, str] | None = None) -> VersionStore:
-    if "://" not in uri or uri.startswith("file://"):
-        return LocalVersionStore(uri.removeprefix("file://"))
-    return FsspecVersionStore(uri, storage_options or {})
+def open_version_store(config: RegistryConfig, shared_paths: Sequence[str] = ()) -> VersionStore:
+    cls = backend_class("registry", config.type, REGISTRY_STORE_CLASS_FOR_TYPE, VersionStore)
+    return cls(config, shared_paths)
