@@ -1,4 +1,4 @@
-"""``mlsys``: a thin command line over the library.
+"""``mlsys``: a thin command line over the library, one module per noun.
 
 Every command prints what it did; a platform error exits 1 with one line of
 reason (no traceback), a usage error exits 2 (typer's convention).
@@ -6,89 +6,32 @@ reason (no traceback), a usage error exits 2 (typer's convention).
 
 from __future__ import annotations
 
-import functools
-import importlib
-import socket
 import sys
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ml_system.config import PlatformConfig, load_config
+from ml_system.cli.common import (
+    ConfigOpt,
+    HomeOpt,
+    UseCaseOpt,
+    cli_config,
+    console,
+    err,
+    fails_cleanly,
+    require_free_port,
+)
+from ml_system.cli.features import features_app
+from ml_system.cli.models import models_app
+from ml_system.cli.serve import serve_app
 from ml_system.errors import MLSystemError
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 app = typer.Typer(help="ml_system: features, training and serving on one Ray cluster.", no_args_is_help=True)
-features_app = typer.Typer(help="Feature definitions, registry and materialization.", no_args_is_help=True)
-snapshot_app = typer.Typer(help="Online data snapshots: load, switch atomically, roll back.", no_args_is_help=True)
-models_app = typer.Typer(help="Registered model versions (MLflow).", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
-features_app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(serve_app, name="serve")
 
-# Piped output (logs, CI, tests) gets wide tables rather than Rich's 80-column wrap.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $MLSYS_CONFIG or ./mlsys.yaml)")
-HomeOpt = typer.Option(None, "--home", help="Platform state folder (default: $MLSYS_HOME or ~/.mlsys)")
-UseCaseOpt = typer.Option(None, "--usecase", "-u", help="Use case by name (default: flights; `mlsys usecases`)")
-
-
-def _config(config: str | None, home: str | None) -> PlatformConfig:
-    cfg = load_config(config)
-    if home:
-        cfg = cfg.model_copy(
-            update={
-                "home": home,
-                "offline_store": cfg.offline_store.model_copy(update={"uri": ""}),
-                "registry": cfg.registry.model_copy(update={"uri": ""}),
-                "online_store": cfg.online_store.model_copy(update={"path": ""}),
-                "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
-            }
-        )
-        cfg = cfg.resolved()
-    return cfg
-
-
-def fails_cleanly(fn: F) -> F:
-    """Turn platform errors into one line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MLSystemError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _parse_time(value: str, name: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        err.print(f"[red]error:[/red] --{name} '{value}' is not an ISO-8601 timestamp")
-        raise typer.Exit(2) from None
-    if ts.tzinfo is None:
-        err.print(f"[red]error:[/red] --{name} '{value}' has no UTC offset (write e.g. 2013-12-31T17:00:00-05:00)")
-        raise typer.Exit(2)
-    return ts
-
-
-def _require_free_port(host: str, port: int) -> None:
-    """Fail before minutes of training, not at deploy time with a proxy crash."""
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise MLSystemError(f"port {port} on {host} is in use; pass --port with a free one") from None
+__all__ = ["app", "console", "err", "main"]
 
 
 @app.command()
@@ -107,12 +50,12 @@ def quickstart(
     from ml_system.pipelines.quickstart import run_quickstart
     from ml_system.pipelines.steps import usecase_for
 
-    cfg = _config(config, home)
+    cfg = cli_config(config, home)
     cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"port": port})})
     uc = usecase_for(cfg, usecase)
     if uc.demo is None:
         raise MLSystemError(f"use case '{uc.name}' has no demo (cut-off and requests) for the quickstart")
-    _require_free_port(cfg.serving.host, port)
+    require_free_port(cfg.serving.host, port)
     console.print(f"platform home: {cfg.home}")
     result = run_quickstart(cfg, uc, trials=trials, rounds=rounds, requests=requests, console=console)
     if result.errors:
@@ -142,324 +85,11 @@ def train(
     from ml_system.cluster import connect
     from ml_system.pipelines import steps
 
-    cfg = _config(config, home)
+    cfg = cli_config(config, home)
     uc = steps.usecase_for(cfg, usecase)
     connect(cfg.ray)
     report = steps.train(cfg, uc, num_samples=trials, num_boost_round=rounds)
     console.print(f"registered {report.summary()} as champion (run {report.run_id})")
-
-
-def _definitions(module: str | None, usecase: str | None, cfg: PlatformConfig) -> tuple[str, list[Any]]:
-    """The definitions of a module (``-m``), or else of the use case (flights by default)."""
-    from ml_system.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
-
-    if module is None:
-        from ml_system.pipelines.steps import usecase_for
-
-        uc = usecase_for(cfg, usecase)
-        return f"use case {uc.name}", list(uc.definitions)
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise MLSystemError(f"cannot import definitions module '{module}': {exc}") from exc
-    kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService)
-    found = [v for v in vars(mod).values() if isinstance(v, kinds)]
-    if not found:
-        raise MLSystemError(f"module '{module}' defines no Entity, FeatureView or FeatureService")
-    return module, found
-
-
-DefsOpt = typer.Option(None, "--module", "-m", help="Python module holding definitions (default: the use case's)")
-
-
-def _by(by: str | None) -> str:
-    import getpass
-
-    return by or getpass.getuser()
-
-
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.isoformat(timespec="seconds")
-
-
-ByOpt = typer.Option(None, "--by", help="Who makes the change (default: the OS user)")
-PruneOpt = typer.Option(False, "--prune", help="Also delete registered objects the module no longer defines")
-
-
-@features_app.command("plan")
-@fails_cleanly
-def features_plan(
-    module: str | None = DefsOpt,
-    usecase: str | None = UseCaseOpt,
-    prune: bool = PruneOpt,
-    config: str | None = ConfigOpt,
-    home: str | None = HomeOpt,
-) -> None:
-    """Show what `apply` would change: objects added, changed (field by field) or removed."""
-    from ml_system.features import FeatureStore
-
-    cfg = _config(config, home)
-    store = FeatureStore(cfg)
-    source, defs = _definitions(module, usecase, cfg)
-    changes = store.plan(defs, prune=prune)
-    console.print(f"registry version {store.registry.version} vs {source}: {len(changes)} change(s)")
-    for change in changes:
-        sign = {"add": "+", "change": "~", "remove": "-"}[change.action]
-        console.print(f"{sign} {change.kind} {change.name}", markup=False, soft_wrap=True)
-        for line in change.fields:
-            console.print(f"    {line}", markup=False, soft_wrap=True)
-
-
-@features_app.command("apply")
-@fails_cleanly
-def features_apply(
-    module: str | None = DefsOpt,
-    usecase: str | None = UseCaseOpt,
-    prune: bool = PruneOpt,
-    by: str | None = ByOpt,
-    config: str | None = ConfigOpt,
-    home: str | None = HomeOpt,
-) -> None:
-    """Validate the definitions of a use case (or MODULE) and record them as a new registry version."""
-    from ml_system.features import FeatureStore
-
-    cfg = _config(config, home)
-    store = FeatureStore(cfg)
-    source, defs = _definitions(module, usecase, cfg)
-    before = store.registry.version
-    version = store.apply(defs, by=_by(by), prune=prune)
-    if version == before:
-        console.print(f"{source}: no changes; registry stays at version {version}")
-    else:
-        console.print(f"applied {len(defs)} definitions from {source}: registry version {version}")
-
-
-def _consumer_names(consumers: list[Any]) -> str:
-    return ", ".join(f"{c.model} v{c.version}" for c in consumers) or "-"
-
-
-@features_app.command("list")
-@fails_cleanly
-def features_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
-    """Feature views with owner, state, consumers (models) and freshness."""
-    from ml_system.features import FeatureStore
-
-    store = FeatureStore(_config(config, home))
-    table = Table(title=f"feature views (registry version {store.registry.version})")
-    for col in ("view", "entities", "features", "ttl", "owner", "state", "models", "latest event", "online until"):
-        table.add_column(col)
-    for view in store.list_feature_views():
-        fresh = store.freshness(view.name)
-        table.add_row(
-            view.name,
-            ", ".join(view.join_keys),
-            str(len(view.schema)),
-            str(view.ttl or "-"),
-            view.owner or "-",
-            view.lifecycle.value if view.lifecycle else "-",
-            _consumer_names(store.registry.consumers(view.name)),
-            _when(fresh.latest_event),
-            _when(fresh.materialized_until),
-        )
-    console.print(table)
-
-
-@features_app.command("describe")
-@fails_cleanly
-def features_describe(name: str, config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
-    """One feature view: fields, source, owner, state history, consumers and freshness."""
-    from ml_system.features import FeatureStore
-
-    store = FeatureStore(_config(config, home))
-    view = store.registry.feature_view(name)
-    fresh = store.freshness(name)
-    state = view.lifecycle.value if view.lifecycle else "-"
-    console.print(f"[bold]{view.name}[/bold]: {view.description}")
-    console.print(f"owner {view.owner or '-'}, state {state}, ttl {view.ttl or 'none'}, tags {view.tags}")
-    console.print(f"entities {', '.join(e.name for e in view.entities)} (join keys {', '.join(view.join_keys)})")
-    console.print(f"source: Delta table '{view.source.table}' at {store.offline.table_uri(view.source.table)}")
-    console.print(f"latest event {_when(fresh.latest_event)}, online until {_when(fresh.materialized_until)}")
-    console.print(f"models: {_consumer_names(store.registry.consumers(name))}")
-    table = Table()
-    table.add_column("feature")
-    table.add_column("dtype")
-    for f in view.schema:
-        table.add_row(f.name, f.dtype)
-    console.print(table)
-    history = Table(title="lifecycle")
-    for col in ("state", "by", "at", "reason"):
-        history.add_column(col)
-    for event in store.registry.history(name):
-        history.add_row(event.state.value, event.by, _when(event.at), event.reason)
-    console.print(history)
-
-
-@features_app.command("lineage")
-@fails_cleanly
-def features_lineage(
-    name: str | None = typer.Argument(None, help="A feature view (default: all)"),
-    config: str | None = ConfigOpt,
-    home: str | None = HomeOpt,
-) -> None:
-    """Which feature services read each view, and which model versions were trained on them."""
-    from ml_system.features import FeatureStore
-
-    store = FeatureStore(_config(config, home))
-    views = [store.registry.feature_view(name)] if name else store.list_feature_views()
-    services = store.registry.feature_services()
-    table = Table(title="lineage")
-    for col in ("view", "state", "owner", "feature services", "models", "archived models"):
-        table.add_column(col)
-    for view in views:
-        readers = sorted(s.name for s in services.values() if any(r.startswith(f"{view.name}:") for r in s.features))
-        everyone = store.registry.consumers(view.name, include_archived=True)
-        table.add_row(
-            view.name,
-            view.lifecycle.value if view.lifecycle else "-",
-            view.owner or "-",
-            ", ".join(readers) or "-",
-            _consumer_names([c for c in everyone if not c.archived]),
-            _consumer_names([c for c in everyone if c.archived]),
-        )
-    console.print(table)
-
-
-@features_app.command("lifecycle")
-@fails_cleanly
-def features_lifecycle(
-    name: str,
-    state: str = typer.Argument(..., help="draft | active | deprecated | retired"),
-    by: str | None = ByOpt,
-    reason: str = typer.Option("", help="Why, kept in the view's history"),
-    config: str | None = ConfigOpt,
-    home: str | None = HomeOpt,
-) -> None:
-    """Move a feature view through draft -> active -> deprecated -> retired."""
-    from ml_system.features import FeatureStore, Lifecycle
-
-    if state not in {s.value for s in Lifecycle}:
-        err.print(f"[red]error:[/red] state '{state}' is not one of {[s.value for s in Lifecycle]}")
-        raise typer.Exit(2)
-    store = FeatureStore(_config(config, home))
-    version = store.registry.set_lifecycle(name, state, by=_by(by), reason=reason)
-    console.print(f"{name} is {state} (registry version {version})")
-
-
-@features_app.command("sync-consumers")
-@fails_cleanly
-def features_sync_consumers(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
-    """Record MLflow model versions trained on a feature service; mark archived or deleted ones."""
-    from ml_system.features import FeatureStore
-    from ml_system.pipelines.lineage import sync_consumers
-
-    cfg = _config(config, home)
-    recorded, archived = sync_consumers(FeatureStore(cfg), cfg.mlflow)
-    console.print(f"recorded {len(recorded)} consumer(s) {recorded or ''}; archived {len(archived)} {archived or ''}")
-
-
-@features_app.command("materialize")
-@fails_cleanly
-def features_materialize(
-    end: str = typer.Option(..., help="Upper bound (inclusive), ISO-8601 with offset"),
-    start: str | None = typer.Option(None, help="Lower bound (exclusive); omit for all history"),
-    incremental: bool = typer.Option(False, help="Resume each view from its last materialized end"),
-    usecase: str | None = typer.Option(None, "--usecase", "-u", help="Only the views this use case reads"),
-    config: str | None = ConfigOpt,
-    home: str | None = HomeOpt,
-) -> None:
-    """Copy the newest feature values into the online store (every view, or a use case's)."""
-    from ml_system.cluster import connect
-    from ml_system.pipelines import steps
-
-    cfg = _config(config, home)
-    end_ts = _parse_time(end, "end")
-    start_ts = _parse_time(start, "start") if start else None
-    uc = steps.usecase_for(cfg, usecase) if usecase else None
-    connect(cfg.ray)
-    written = steps.materialize(cfg, end_ts, start_ts, incremental=incremental, usecase=uc)
-    for view, n in written.items():
-        console.print(f"{view}: {n} entity rows written to the {cfg.online_store.type} online store")
-
-
-@snapshot_app.command("load")
-@fails_cleanly
-def snapshot_load(
-    end: str = typer.Option(..., help="Materialize everything up to this time, ISO-8601 with offset"),
-    config: str | None = ConfigOpt,
-    home: str | None = HomeOpt,
-) -> None:
-    """Materialize into a new snapshot that no reader sees until it is activated."""
-    from ml_system.cluster import connect
-    from ml_system.features import FeatureStore
-
-    cfg = _config(config, home)
-    end_ts = _parse_time(end, "end")
-    connect(cfg.ray)
-    sid = FeatureStore(cfg).load_snapshot(end_ts)
-    console.print(f"loaded snapshot {sid} (up to {end_ts.isoformat()})")
-    console.print(f"serve it with: mlsys features snapshot activate {sid}")
-
-
-@snapshot_app.command("activate")
-@fails_cleanly
-def snapshot_activate(snapshot: str, config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
-    """Switch every online reader to SNAPSHOT at once."""
-    from ml_system.features import FeatureStore
-
-    before = FeatureStore(_config(config, home)).activate_snapshot(snapshot)
-    console.print(f"serving snapshot {snapshot} (was {before or 'base'})")
-
-
-@snapshot_app.command("rollback")
-@fails_cleanly
-def snapshot_rollback(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
-    """Switch back to the snapshot served before the last activation."""
-    from ml_system.features import FeatureStore
-
-    now = FeatureStore(_config(config, home)).rollback_snapshot()
-    console.print(f"rolled back: serving {now or 'base'}")
-
-
-@snapshot_app.command("list")
-@fails_cleanly
-def snapshot_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:
-    """Snapshots in the online store, with the one being served."""
-    from ml_system.features import FeatureStore
-
-    table = Table(title="online snapshots")
-    for col in ("snapshot", "state", "up to", "created", "serving"):
-        table.add_column(col)
-    for snap in FeatureStore(_config(config, home)).list_snapshots():
-        serving = "yes" if snap.active else ""
-        table.add_row(snap.id or "base", snap.state, snap.end or "-", snap.created_at or "-", serving)
-    console.print(table)
-
-
-@models_app.command("list")
-@fails_cleanly
-def models_list(
-    name: str | None = typer.Argument(None), config: str | None = ConfigOpt, home: str | None = HomeOpt
-) -> None:
-    """Registered model versions with aliases, test metric beside its baseline, and lineage."""
-    from ml_system.training import tracking
-
-    cfg = _config(config, home)
-    table = Table(title="registered models")
-    for col in ("model", "version", "aliases", "use case", "test metric", "baseline", "feature service", "run"):
-        table.add_column(col)
-    for mv in tracking.list_versions(cfg.mlflow, name):
-        metric = mv.tags.get("metric", "auc")
-        table.add_row(
-            mv.name,
-            mv.version,
-            ", ".join(mv.aliases),
-            mv.tags.get("usecase", "-"),
-            f"{metric} {mv.tags.get(f'test_{metric}', '-')}",
-            mv.tags.get(f"baseline_{metric}", "-"),
-            mv.tags.get("feature_service", "-"),
-            mv.run_id[:12],
-        )
-    console.print(table)
 
 
 @app.command("usecases")
@@ -468,7 +98,7 @@ def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
     """The use cases this platform knows: name, model, route, feature service, metric."""
     from ml_system.usecase import load_all, usecase_table
 
-    cfg = _config(config, home)
+    cfg = cli_config(config, home)
     paths = usecase_table(cfg.usecases)
     table = Table(title="use cases")
     for col in ("name", "model", "route", "feature service", "objective", "metric", "import path"):

@@ -107,6 +107,11 @@ class OnlineFeatureReader:
                 raise EntityDataError(
                     f"entity rows lack input '{exc.args[0]}' needed by on-demand feature view '{view_name}'"
                 ) from None
+            except (ArithmeticError, ValueError) as exc:  # the request's own values: say which row
+                raise EntityDataError(
+                    f"entity row {_failing_row(row_fn, inputs, entity_rows)}: on-demand feature view "
+                    f"'{view_name}' cannot compute from it: {type(exc).__name__}: {exc}"
+                ) from None
             columns = list(zip(*results, strict=True))
             statuses = [PRESENT] * n
             for name, idx in feats:
@@ -161,6 +166,15 @@ class OnlineFeatureReader:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _failing_row(row_fn: Any, inputs: tuple[str, ...], entity_rows: list[dict[str, Any]]) -> int:
+    for i, row in enumerate(entity_rows):
+        try:
+            row_fn(*[row[k] for k in inputs])
+        except (ArithmeticError, ValueError):
+            return i
+    return 0
 
 
 def _row_width(rows: list[OnlineRow | None]) -> int:

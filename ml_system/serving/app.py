@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from ml_system.serving.ingress import Ingress, ScorerDeployment
-from ml_system.serving.settings import MAX_ROWS, ScorerSettings
+from ml_system.serving.settings import MAX_ROWS, SCORER_TIMEOUT_S, ScorerSettings
 from ml_system.usecase import DEFAULT_USECASE, load_usecase
 
 
@@ -38,6 +38,7 @@ class AppArgs(BaseModel):
         description="none | console | file:/path | otlp",
     )
     max_rows: int = Field(MAX_ROWS, ge=1, le=100_000)
+    scorer_timeout_s: float = Field(SCORER_TIMEOUT_S, gt=0, le=300, description="Deadline of a split ingress's call")
     num_replicas: int | None = Field(None, ge=1, description="Fixed replicas of the scoring deployment")
     user_config: ScorerSettings = Field(default_factory=ScorerSettings)
 
@@ -54,7 +55,12 @@ class AppArgs(BaseModel):
 
     def ingress_args(self) -> dict[str, Any]:
         """What ``Ingress`` is built from (plain values: they travel to every replica)."""
-        return {"scorer": self.scorer_args(), "max_rows": self.max_rows, "tracing_exporter": self.tracing_exporter}
+        return {
+            "scorer": self.scorer_args(),
+            "max_rows": self.max_rows,
+            "tracing_exporter": self.tracing_exporter,
+            "scorer_timeout_s": self.scorer_timeout_s,
+        }
 
 
 def build_app(args: AppArgs) -> Application:

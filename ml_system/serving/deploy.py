@@ -100,11 +100,15 @@ def run_app(
 
 
 def deploy_config(document: dict[str, Any], timeout_s: float = 120, health_path: str = "/healthz") -> dict[str, str]:
-    """What ``serve deploy`` does with a config document; returns each app's base URL once healthy."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
+    """What ``serve deploy`` does with a config document, after a full check; each app's base URL once healthy.
 
-    schema = ServeDeploySchema.model_validate(document)
+    A document that does not validate (``config_check``) raises ``ConfigError`` and nothing is sent.
+    """
+    from ray.serve._private.api import serve_start
+
+    from ml_system.serving.config_check import validate_document
+
+    schema = validate_document(document)
     http = schema.http_options
     client = serve_start(http_options={"host": http.host, "port": http.port})
     client.deploy_apps(schema)

@@ -39,6 +39,7 @@ from ml_system.serving.scorer import Scored, Scorer, ScoreRow
 from ml_system.serving.settings import (
     MAX_BODY_BYTES,
     RETRY_AFTER_S,
+    SCORER_TIMEOUT_S,
     SERVED_BY_HEADER,
     SESSION_HEADER,
     TRACE_HEADER,
@@ -115,6 +116,7 @@ class Ingress:
         assert self.usecase.serving is not None
         self.spec = self.usecase.serving
         self.max_rows = int(args["max_rows"])
+        self.timeout_s = float(args.get("scorer_timeout_s", SCORER_TIMEOUT_S))
         self.remote = scorer
         self.local: Scorer | None = None
         serving_metrics().for_app(_app_name(self.usecase.model_name))
@@ -146,7 +148,7 @@ class Ingress:
         if self._info is None:
             async with self._lock:
                 if self._info is None:
-                    self._info = await self.remote.describe.remote()  # type: ignore[union-attr]
+                    self._info = await self._call(self.remote.describe)  # type: ignore[union-attr]
         return self._info
 
     async def healthz(self) -> Response:
@@ -164,7 +166,7 @@ class Ingress:
 
     async def info(self) -> dict[str, Any]:
         """Model, batching and cache settings of the replica that answers (and its pid)."""
-        info = await self.remote.describe.remote() if self.remote is not None else await self.describe()  # type: ignore[union-attr]
+        info = await self._call(self.remote.describe) if self.remote is not None else await self.describe()  # type: ignore[union-attr]
         return {**info, "ingress": self.tag, "topology": "split" if self.remote is not None else "fused"}
 
     async def predict(self, request: Request) -> Response:
@@ -203,7 +205,7 @@ class Ingress:
         else:  # the scorer replica that answered says which model it used: a rollout may be under way
             session = request.headers.get(SESSION_HEADER)
             handle = self.remote.options(session_id=session) if session else self.remote  # type: ignore[union-attr]
-            out = await handle.score.remote(rows, tracing.inject())
+            out = await self._call(handle.score, rows, tracing.inject())
             scored, name, served_by = Scored(*out["scored"]), out["model_name"], out["served_by"]
         version, threshold = scored.version, scored.threshold
         predictions = []
@@ -215,6 +217,15 @@ class Ingress:
         return json_response(
             {"predictions": predictions, "model_name": name, "model_version": version}, headers=headers
         )
+
+    async def _call(self, method: Any, *args: Any) -> Any:
+        """A call to the scorer deployment, bounded: past the deadline the caller gets 503, not a hang."""
+        response = method.remote(*args)
+        try:
+            return await asyncio.wait_for(response, self.timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise unavailable(f"the scorer did not answer within {self.timeout_s} s") from None
 
     def _unscorable(self, exc: UnscorableError) -> HTTPProblem:
         field = self.spec.items_field

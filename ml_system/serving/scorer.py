@@ -22,7 +22,14 @@ import numpy as np
 from ray import serve
 
 from ml_system.cluster import refuse_node_local
-from ml_system.errors import MLSystemError, ModelIntegrityError, StoreError, StoreUnavailableError, UnscorableError
+from ml_system.errors import (
+    EntityDataError,
+    MLSystemError,
+    ModelIntegrityError,
+    StoreError,
+    StoreUnavailableError,
+    UnscorableError,
+)
 from ml_system.features import FeatureStatus, FeatureStore, OnlineFeatureReader
 from ml_system.features.materialize import watermark_key
 from ml_system.serving import tracing
@@ -256,19 +263,19 @@ class Scorer:
         return result
 
     def _explained(self, rows: list[ScoreRow], exc: Exception) -> Exception:
-        """A client-caused failure becomes ``UnscorableError`` naming the first row that fails alone."""
-        if not is_client_error(exc):
+        """A failure the request's own values caused becomes ``UnscorableError`` naming the row (a 422);
+        anything else (a store that broke, corrupt data) stays what it is (a 5xx)."""
+        if not isinstance(exc, EntityDataError):
             return exc
         culprit = 0
         if len(rows) > 1:
             for i, row in enumerate(rows):
                 try:
                     self.score_now([row])
-                except Exception as one:  # noqa: BLE001 - looking for the row that fails
-                    if is_client_error(one):
-                        culprit = i
-                        break
-        return UnscorableError(culprit, f"{type(exc).__name__}: {exc}")
+                except EntityDataError:
+                    culprit = i
+                    break
+        return UnscorableError(culprit, str(exc))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, requests: list[list[ScoreRow]], parents: list[Any]) -> list[Scored | Exception]:
@@ -339,7 +346,3 @@ class Scorer:
             for view in views:
                 m.missing.inc(1, tags={"view": view})
 
-
-def is_client_error(exc: Exception) -> bool:
-    """Scoring failures caused by what a request holds (a value the schema allows but no clock can place)."""
-    return isinstance(exc, (OverflowError, ValueError)) and not isinstance(exc, MLSystemError)

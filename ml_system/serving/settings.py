@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_BODY_BYTES = 1_000_000
 MAX_ROWS = 1000
 RETRY_AFTER_S = 1
+SCORER_TIMEOUT_S = 5.0  # a split ingress waits this long for its scorer deployment, then answers 503
 SESSION_HEADER = "x-session-id"
 TRACE_HEADER = "x-trace-id"
 SERVED_BY_HEADER = "x-served-by"

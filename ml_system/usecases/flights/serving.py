@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from ml_system.usecase import ServingSpec
 
@@ -23,9 +23,17 @@ class Flight(BaseModel):
     origin: str = Field(pattern=r"^[A-Z]{3}$", examples=["EWR"])
     dest: str = Field(pattern=r"^[A-Z]{3}$", examples=["IAH"])
     sched_dep_time: AwareDatetime = Field(
-        description="Scheduled departure with its UTC offset, e.g. 2013-12-31T18:30:00-05:00",
+        description="Scheduled departure with its UTC offset, years 1900-2199, e.g. 2013-12-31T18:30:00-05:00",
         examples=["2013-12-31T18:30:00-05:00"],
+        json_schema_extra={"pattern": r"^(19|20|21)[0-9]{2}-"},
     )
+
+    @field_validator("sched_dep_time")
+    @classmethod
+    def _schedulable(cls, value: datetime) -> datetime:
+        if not 1900 <= value.year <= 2199:
+            raise ValueError("a departure must be scheduled in the years 1900-2199")
+        return value
 
 
 class Prediction(BaseModel):
