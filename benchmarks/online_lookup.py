@@ -8,7 +8,7 @@ private ``redis-server`` on a free port) and batch size (1 row, 100 rows):
 a status per value) against the raw client reading the same stored rows
 (sqlite3 ``SELECT`` of the packed rows / redis-py ``GET``/``MGET``, values
 decoded, no statuses). Runs of 1,000 lookups alternate between the two; the
-p50 and p99 reported are medians over runs of each run's own (BRIEF §8), and
+p50 and p99 reported are medians over runs of each run's own (medians of several runs), and
 the pooled p99 of all lookups is printed beside them, since on this shared
 2-core VM a burst of host noise can hold one run's tail. Prints a table and a
 last ``RESULT online ...`` line.
@@ -124,7 +124,7 @@ def compare(
 
 
 def pct(runs: list[list[float]], q: float) -> float:
-    """Median over runs of each run's percentile (BRIEF §8: medians of several runs)."""
+    """Median over runs of each run's percentile (medians of several runs, not one pooled run)."""
     return float(np.median([np.percentile(run, q) for run in runs]))
 
 

@@ -1,4 +1,4 @@
-"""Point-in-time join throughput: the platform on Ray against DuckDB and pandas (BRIEF §7, §8).
+"""Point-in-time join throughput: the platform on Ray against DuckDB and pandas.
 
     .venv/bin/python benchmarks/pit_join.py --quick   # 2M entity rows x 2M feature rows, 10k keys
     .venv/bin/python benchmarks/pit_join.py           # 20M x 20M

@@ -9,7 +9,7 @@ search (polars, below). Views with the same join keys share one shuffle of the
 entity rows; for a pandas ``entity_df`` every view is joined independently and
 only the feature columns come back, scattered into place by row number.
 
-Semantics (BRIEF §3): for an entity row at time t a view contributes the latest
+Semantics (the README's "Feature store in Python"): for an entity row at time t a view contributes the latest
 row with ``event_timestamp <= t`` and ``event_timestamp > t - ttl``; ties on
 ``event_timestamp`` go to the larger ``created_timestamp``, then to the later
 row; no such row gives nulls.

@@ -103,7 +103,7 @@ def run_quickstart(
 
         t0 = time.perf_counter()
         task = stage("Ray cluster")
-        # The fast Serve ingress (HAProxy, BRIEF §6) is chosen when the cluster starts; it takes effect
+        # The fast Serve ingress (HAProxy; benchmarks/serve_load.py) is chosen when the cluster starts; it takes effect
         # if this starts a local one, and changes nothing on a cluster that is already running.
         for key, value in fast_serving_env(Path(config.home) / "haproxy").items():
             os.environ.setdefault(key, value)

@@ -5,7 +5,7 @@ to the controller the same way, so the in-place update rules of config deploys
 hold (a changed ``user_config`` reaches ``reconfigure`` on running replicas; a
 ``serve.run`` of a rebuilt app would start new ones). ``fast_serving_env`` is the
 environment a cluster needs for the HAProxy ingress, measured several times
-faster than the default proxy (BRIEF §6), with Serve's throughput mode.
+faster than the default proxy (benchmarks/serve_load.py), with Serve's throughput mode.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The point-in-time join's reference: row by row, straight from BRIEF §3, for the property tests."""
+"""The point-in-time join's reference: row by row, straight from the documented semantics, for property tests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 def brute_force(
     left: pd.DataFrame, right: pd.DataFrame, keys: list[str], ttl: timedelta | None, bitemporal: bool
 ) -> list[float | None]:
-    """Row by row, straight from BRIEF §3 (plus ``created <= t`` when bitemporal)."""
+    """Row by row, straight from the documented semantics (plus ``created <= t`` when bitemporal)."""
     out: list[float | None] = []
     right = right.assign(order=np.arange(len(right)))
     for _, row in left.iterrows():

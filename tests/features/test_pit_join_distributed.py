@@ -177,7 +177,7 @@ def test_distributed_join_matches_duckdb_asof(seed: int, ttl_hours: int | None) 
     ttl_ns = "NULL" if ttl is None else str(ttl_hours * HOUR_NS)
     want = con.execute(
         f"""
-        WITH latest AS (  -- DuckDB breaks exact ties arbitrarily, so settle them first as BRIEF §3 says
+        WITH latest AS (  -- DuckDB breaks exact ties arbitrarily, so settle them first as the documented semantics say
             SELECT * FROM r QUALIFY row_number() OVER (PARTITION BY k, ts ORDER BY created DESC, pos DESC) = 1
         )
         SELECT l.row, CASE WHEN {ttl_ns} IS NULL OR latest.ts > l.t - {ttl_ns} THEN latest.v END AS v
