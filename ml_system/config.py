@@ -10,12 +10,22 @@ path would silently point at a throw-away folder.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ml_system.errors import ConfigError
 
@@ -49,20 +59,95 @@ class RegistryConfig(_Section):
     """Same ``AWS_*`` keys as the offline store's, so one set of credentials serves both."""
 
 
-class OnlineStoreConfig(_Section):
-    type: Literal["sqlite", "redis"] = "sqlite"
+class _OnlineStoreBase(_Section):
+    read_timeout_s: float = Field(0.5, gt=0, le=60)
+    """Deadline of every online read and meta read: a store that does not answer in time raises
+    ``StoreUnavailableError`` (serving answers 503) instead of holding the request."""
+    write_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of each write, delete and admin command (a batch of up to 1,000 rows)."""
+
+
+class SqliteOnlineStoreConfig(_OnlineStoreBase):
+    type: Literal["sqlite"] = "sqlite"
     path: str = ""
+    """The database file (default ``<home>/online.db``)."""
+
+
+class RedisOnlineStoreConfig(_OnlineStoreBase):
+    type: Literal["redis"] = "redis"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_read_spin_us: int = Field(100, ge=0, le=10_000)
     """How long a lookup polls its socket for Redis' reply before sleeping (0: never). Waking a
     sleeping thread cost more than the round trip itself here; a remote Redis that never answers
     within the spin makes the reader stop spinning for a while (``online/resp.py``)."""
+    fast_read_link: bool = True
+    """Reads on the store's own RESP link (spin-then-sleep, no per-command machinery); false reads
+    through redis-py's connection. ``benchmarks/online_lookup.py`` measures both."""
+
+
+class CustomOnlineStoreConfig(_OnlineStoreBase):
+    """A backend outside the package: ``type`` is the class's import path, the other keys are its
+    own. They are checked against the class's ``config_model`` when the config is loaded."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        _backend_class(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> CustomOnlineStoreConfig:
+        _backend_class(self.type).config_model.model_validate(self.model_dump())
+        return self
+
+
+def _backend_class(path: str) -> Any:
+    """Import a backend named by path, for its ``config_model`` (nothing of the engine is imported by name)."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"unknown online store type '{path}': use {' or '.join(BUILTIN_ONLINE_STORES)}, "
+            "or the import path of a class ('package.module.Class')"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"online store class '{path}' cannot be imported: {exc}") from exc
+    if getattr(cls, "config_model", None) is None:
+        raise ValueError(f"online store class '{path}' has no config_model to check its settings with")
+    return cls
+
+
+BUILTIN_ONLINE_STORES = ("sqlite", "redis")
+
+
+def _online_kind(value: Any) -> str:
+    kind = value.get("type", "sqlite") if isinstance(value, dict) else getattr(value, "type", "sqlite")
+    return kind if kind in BUILTIN_ONLINE_STORES else "custom"
+
+
+OnlineStoreConfig = Annotated[
+    Annotated[SqliteOnlineStoreConfig, Tag("sqlite")]
+    | Annotated[RedisOnlineStoreConfig, Tag("redis")]
+    | Annotated[CustomOnlineStoreConfig, Tag("custom")],
+    Discriminator(_online_kind),
+]
+"""The online store's config, chosen by ``type`` when the config is validated; the class that
+opens it comes from the table in ``ml_system.features.online`` (config imports none of the engine)."""
+_UNION_TAGS = {"sqlite", "redis", "custom"}
 
 
 class FeaturesConfig(_Section):
     max_future_skew_s: float = Field(300.0, ge=0)
     """How far past this machine's clock an event time may lie (a pushed row, a materialization
     ``end``). Rows from the future would win every later upsert for their key, so they are refused."""
+    snapshot_heartbeat_s: float = Field(30.0, gt=0)
+    """How often a snapshot load records that its process is alive."""
+    snapshot_abandoned_after_s: float = Field(600.0, gt=0)
+    """A load whose heartbeat is older than this is abandoned (its process died): ``snapshot gc`` reclaims it."""
 
 
 class MlflowConfig(_Section):
@@ -82,7 +167,7 @@ class PlatformConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=SqliteOnlineStoreConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
@@ -98,7 +183,8 @@ class PlatformConfig(_Section):
         reg = data["registry"]
         reg["uri"] = _absolute(reg["uri"] or str(home / "registry"))
         on = data["online_store"]
-        on["path"] = _absolute(on["path"] or str(home / "online.db"))
+        if on["type"] == "sqlite":
+            on["path"] = _absolute(on["path"] or str(home / "online.db"))
         ml = data["mlflow"]
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
@@ -159,5 +245,8 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         return PlatformConfig.model_validate(data).resolved()
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
+        loc = list(first["loc"])
+        if loc[:1] == ["online_store"] and len(loc) > 1 and loc[1] in _UNION_TAGS:
+            del loc[1]  # the union member pydantic tried: users wrote online_store.<field>
+        field = ".".join(str(p) for p in loc)
         raise ConfigError(f"config field '{field}': {first['msg']}") from exc

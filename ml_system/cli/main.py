@@ -25,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(help="ml_system: features, training and serving on one Ray cluster.", no_args_is_help=True)
 features_app = typer.Typer(help="Feature definitions, registry and materialization.", no_args_is_help=True)
-snapshot_app = typer.Typer(help="Online data snapshots: load, switch atomically, roll back.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Online data snapshots: load, switch, roll back, reclaim.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered model versions (MLflow).", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
@@ -47,7 +47,9 @@ def _config(config: str | None, home: str | None) -> PlatformConfig:
                 "home": home,
                 "offline_store": cfg.offline_store.model_copy(update={"uri": ""}),
                 "registry": cfg.registry.model_copy(update={"uri": ""}),
-                "online_store": cfg.online_store.model_copy(update={"path": ""}),
+                "online_store": cfg.online_store.model_copy(update={"path": ""})
+                if cfg.online_store.type == "sqlite"
+                else cfg.online_store,
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
             }
         )
@@ -441,3 +443,7 @@ def models_list(
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+# commands on online data (delete, snapshot gc) live in their own module; importing it registers them
+from ml_system.cli import online_data  # noqa: E402, F401

@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from ml_system.config import OfflineStoreConfig
 from ml_system.errors import StoreError
@@ -62,6 +62,43 @@ class OfflineStore:
             storage_options=self.storage_options,
         )
         return self.version(table)
+
+    def append_once(self, table: str, df: pd.DataFrame, app_id: str) -> bool:
+        """Append ``df`` unless a commit carrying ``app_id`` is already in the table; returns whether it did.
+
+        The id is recorded as a Delta application transaction (``txn``, the protocol's way to make
+        writes idempotent: Spark's streaming sinks use it), read back from the table's snapshot
+        without scanning its log. Two concurrent writers of the same id conflict in Delta, and the
+        loser finds the winner's commit.
+        """
+        if self._committed(table, app_id):
+            return False
+        if "://" not in self.root:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        properties = CommitProperties(
+            custom_metadata={"mlsys.idempotency_key": app_id},
+            app_transactions=[Transaction(app_id, 1, int(datetime.now(UTC).timestamp() * 1000))],
+        )
+        try:
+            write_deltalake(
+                self.table_uri(table),
+                pa.Table.from_pandas(df, preserve_index=False),
+                mode="append",
+                storage_options=self.storage_options,
+                commit_properties=properties,
+            )
+        except CommitFailedError:
+            if self._committed(table, app_id):
+                return False
+            raise
+        return True
+
+    def _committed(self, table: str, app_id: str) -> bool:
+        try:
+            dt = DeltaTable(self.table_uri(table), storage_options=self.storage_options)
+        except TableNotFoundError:
+            return False
+        return dt.transaction_version(app_id) is not None
 
     def write_dataset(self, table: str, ds: ray.data.Dataset, mode: str = "append") -> int:
         """Write from the cluster: each task writes parquet files, the driver commits once."""
