@@ -59,7 +59,9 @@ class RegistryConfig(_Section):
     """Same ``AWS_*`` keys as the offline store's, so one set of credentials serves both."""
 
 
-class _OnlineStoreBase(_Section):
+class OnlineStoreBaseConfig(_Section):
+    """What every online store's config has; a backend's own config model extends it."""
+
     read_timeout_s: float = Field(0.5, gt=0, le=60)
     """Deadline of every online read and meta read: a store that does not answer in time raises
     ``StoreUnavailableError`` (serving answers 503) instead of holding the request."""
@@ -67,13 +69,13 @@ class _OnlineStoreBase(_Section):
     """Deadline of each write, delete and admin command (a batch of up to 1,000 rows)."""
 
 
-class SqliteOnlineStoreConfig(_OnlineStoreBase):
+class SqliteOnlineStoreConfig(OnlineStoreBaseConfig):
     type: Literal["sqlite"] = "sqlite"
     path: str = ""
     """The database file (default ``<home>/online.db``)."""
 
 
-class RedisOnlineStoreConfig(_OnlineStoreBase):
+class RedisOnlineStoreConfig(OnlineStoreBaseConfig):
     type: Literal["redis"] = "redis"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_read_spin_us: int = Field(100, ge=0, le=10_000)
@@ -85,7 +87,7 @@ class RedisOnlineStoreConfig(_OnlineStoreBase):
     through redis-py's connection. ``benchmarks/online_lookup.py`` measures both."""
 
 
-class CustomOnlineStoreConfig(_OnlineStoreBase):
+class CustomOnlineStoreConfig(OnlineStoreBaseConfig):
     """A backend outside the package: ``type`` is the class's import path, the other keys are its
     own. They are checked against the class's ``config_model`` when the config is loaded."""
 

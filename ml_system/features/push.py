@@ -58,7 +58,7 @@ def refuse_future(view: FeatureView, rows: pd.DataFrame, max_skew_s: float, now:
     late = np.flatnonzero(stamps > limit)
     if late.size:
         i = int(late[0])
-        key = {k: rows[k].iloc[i] for k in view.join_keys}
+        key = {k: v.item() if isinstance(v := rows[k].iloc[i], np.generic) else v for k in view.join_keys}
         when = pd.Timestamp(int(stamps[i]), tz="UTC").isoformat()
         raise EntityDataError(
             f"push to feature view '{view.name}': row {rows.index[i]!r} {key} has {field} {when}, more than "

@@ -235,7 +235,7 @@ def gc(online: OnlineStore, keep: int = 1, abandoned_after_s: float = 600.0) -> 
         for sid in victims:
             catalog[sid]["state"] = "reclaiming"
         kept = [sid for sid in history if sid in targets]
-        chosen["victims"], chosen["kept"] = sorted(victims), [active, *reversed(targets)]
+        chosen["victims"], chosen["kept"] = sorted(victims), [active, *targets]
         return {CATALOG: _dump(catalog), HISTORY: _dump(kept)}
 
     online.update_meta([CATALOG, ACTIVE_SNAPSHOT, HISTORY], mark)

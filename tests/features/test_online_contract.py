@@ -22,10 +22,9 @@ from pydantic import TypeAdapter
 
 from ml_system.config import OnlineStoreConfig
 from ml_system.errors import DefinitionError, EntityDataError, StoreError
-from ml_system.features import Entity, FeatureStatus, FeatureView, Field
+from ml_system.features import Entity, FeatureStatus, FeatureView, Field, OnlineFeatureReader
 from ml_system.features.definitions import DeltaSource
 from ml_system.features.online import ONLINE_STORE_CLASS_FOR_TYPE, OnlineStore, entity_key, open_online_store
-from ml_system.features.online_reader import OnlineFeatureReader
 
 NOW = pd.Timestamp("2024-03-01 12:00", tz="UTC")
 HOUR = 3_600_000_000_000

@@ -57,9 +57,6 @@ class SqliteOnlineStore(OnlineStore):
         self._local = threading.local()
         self._known: set[str] = set()
         self._select: dict[tuple[str, str, int], str] = {}
-        conn = self._writer()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS mlsys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     @classmethod
     def from_config(cls, config: Any) -> SqliteOnlineStore:
@@ -82,9 +79,20 @@ class SqliteOnlineStore(OnlineStore):
         return conn
 
     def _writer(self) -> sqlite3.Connection:
+        """The thread's write connection; the first one sets the file up (WAL, meta table).
+
+        Only writers do: a replica that only reads never takes a write lock, not even to open.
+        """
         conn = getattr(self._local, "writer", None)
         if conn is None:
-            conn = self._local.writer = self._open(self.write_timeout_s)
+            conn = self._open(self.write_timeout_s)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS mlsys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                raise self._failed(exc, "opening for writes") from exc
+            self._local.writer = conn
         return conn
 
     def _failed(self, exc: sqlite3.Error, what: str) -> StoreError:
@@ -185,27 +193,29 @@ class SqliteOnlineStore(OnlineStore):
                 return 0
             raise self._failed(exc, f"deleting from view '{view}'") from exc
 
-    def get_meta(self, name: str) -> str | None:
+    def _meta_rows(self, sql: str, params: Sequence[str], what: str) -> list[tuple[Any, ...]]:
         try:
-            row = self._reader().execute("SELECT value FROM mlsys_meta WHERE name = ?", (name,)).fetchone()
+            return self._reader().execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            raise self._failed(exc, f"reading meta value '{name}'") from exc
-        return None if row is None else row[0]
+            if "no such table" in str(exc):  # nothing was ever written
+                return []
+            raise self._failed(exc, what) from exc
+
+    def get_meta(self, name: str) -> str | None:
+        rows = self._meta_rows("SELECT value FROM mlsys_meta WHERE name = ?", (name,), f"reading meta value '{name}'")
+        return rows[0][0] if rows else None
 
     def get_meta_many(self, names: Sequence[str]) -> list[str | None]:
         if not names:
             return []
         marks = ",".join("?" * len(names))
-        try:
-            found = dict(
-                self._reader().execute(f"SELECT name, value FROM mlsys_meta WHERE name IN ({marks})", list(names))
-            )
-        except sqlite3.OperationalError as exc:
-            raise self._failed(exc, "reading meta values") from exc
+        found = dict(
+            self._meta_rows(f"SELECT name, value FROM mlsys_meta WHERE name IN ({marks})", names, "reading meta values")
+        )
         return [found.get(name) for name in names]
 
     def meta_names(self) -> list[str]:
-        return [name for (name,) in self._reader().execute("SELECT name FROM mlsys_meta ORDER BY name")]
+        return [n for (n,) in self._meta_rows("SELECT name FROM mlsys_meta ORDER BY name", (), "listing meta values")]
 
     def set_meta(self, name: str, value: str) -> None:
         self.set_meta_many({name: value})
@@ -240,7 +250,7 @@ class SqliteOnlineStore(OnlineStore):
     def drop_snapshot(self, snapshot: str) -> None:
         if check_snapshot_id(snapshot) == BASE:
             raise StoreError("the base namespace is not a snapshot and cannot be dropped")
-        conn = self._writer()
+        conn = self._writer()  # DROP TABLE waits for the write lock like any write
         suffix = f"__{snapshot}"
         tables = [
             name
