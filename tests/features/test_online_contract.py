@@ -204,15 +204,21 @@ def test_view_names_follow_the_one_rule_in_every_backend(online: OnlineStore) ->
 def test_update_meta_is_one_atomic_step(online: OnlineStore) -> None:
     """Two writers incrementing one counter 100 times each: every increment lands."""
 
+    errors: list[BaseException] = []
+
     def bump(store: OnlineStore) -> None:
-        for _ in range(100):
-            store.update_meta(["counter"], lambda values: {"counter": str(int(values[0] or 0) + 1)})
+        try:
+            for _ in range(100):
+                store.update_meta(["counter"], lambda values: {"counter": str(int(values[0] or 0) + 1)})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
 
     threads = [threading.Thread(target=bump, args=(online,)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert errors == []
     assert online.get_meta("counter") == "200"
     online.update_meta(["counter", "other"], lambda values: {"counter": None, "other": "x"})
     assert online.get_meta_many(["counter", "other"]) == [None, "x"]

@@ -8,7 +8,6 @@ test under its own key prefix.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import msgpack
@@ -16,29 +15,16 @@ import pandas as pd
 import pytest
 import redis
 
-from ml_system.features import Entity, FeatureView, Field
+from ml_system.features import FeatureView, Field
 from ml_system.features.definitions import DeltaSource
 from ml_system.features.online import FeatureStatus, OnlineStore
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.sqlite import SqliteOnlineStore
 from ml_system.features.store import OnlineFeatureReader
+from tests.features.test_online_contract import STATS_FIELDS, VIEWS, driver
 
 NOW = pd.Timestamp("2024-03-01 12:00", tz="UTC")
 HOUR = 3_600_000_000_000
-
-
-driver = Entity("driver", ["driver_id"])
-trip = Entity("trip", ["driver_id", "city"])
-stats = FeatureView(
-    "stats",
-    [driver],
-    [Field("rate"), Field("trips", "int64"), Field("label", "string")],
-    DeltaSource("s"),
-    ttl=timedelta(hours=2),
-)
-city = FeatureView("city", [trip], [Field("city_rate")], DeltaSource("c"), ttl=None)
-VIEWS = {"stats": stats, "city": city}
-STATS_FIELDS = ("rate", "trips", "label")
 
 
 def test_rows_in_the_first_json_format_still_read(tmp_path: Path, redis_url: str) -> None:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 
 from ml_system.errors import EntityDataError, StoreUnavailableError
 from ml_system.features import DeltaSource, Entity, FeatureStore, FeatureView, Field
 from ml_system.features.online.base import BASE
-from tests.conftest import free_port, make_config
+from tests.conftest import free_port, make_config, online_backend
 
 driver = Entity("driver", ["driver_id"], value_type="int64")
 stats = FeatureView("stats", [driver], [Field("rate")], DeltaSource("stats"))
@@ -31,12 +30,7 @@ def frame(driver_ids: list[int], rate: float, when: pd.Timestamp | None = None) 
 
 
 def open_store(home: Path, backend: str, request: pytest.FixtureRequest) -> FeatureStore:
-    overrides = {}
-    if backend == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).flushdb()
-        overrides = {"MLSYS_ONLINE_STORE__TYPE": "redis", "MLSYS_ONLINE_STORE__REDIS_URL": url}
-    store = FeatureStore(make_config(home, **overrides))
+    store = FeatureStore(make_config(home, **online_backend(backend, request)))
     store.apply([driver, stats])
     return store
 

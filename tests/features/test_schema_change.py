@@ -12,10 +12,9 @@ from pathlib import Path
 import msgpack
 import pandas as pd
 import pytest
-import redis
 
 from ml_system.features import DeltaSource, Entity, FeatureStatus, FeatureStore, FeatureView, Field
-from tests.conftest import make_config
+from tests.conftest import make_config, online_backend
 
 driver = Entity("driver", ["driver_id"])
 
@@ -26,12 +25,7 @@ def view(*fields: str) -> FeatureView:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
-    overrides = {}
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).flushdb()
-        overrides = {"MLSYS_ONLINE_STORE__TYPE": "redis", "MLSYS_ONLINE_STORE__REDIS_URL": url}
-    return FeatureStore(make_config(tmp_path / "mlsys", **overrides))
+    return FeatureStore(make_config(tmp_path / "mlsys", **online_backend(request.param, request)))
 
 
 def rows(driver_id: int, **values: float) -> pd.DataFrame:

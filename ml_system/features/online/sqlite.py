@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,20 @@ class SqliteOnlineStore(OnlineStore):
         conn = getattr(self._local, "writer", None)
         if conn is None:
             conn = self._open(self.write_timeout_s)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS mlsys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            except sqlite3.OperationalError as exc:
-                conn.close()
-                raise self._failed(exc, "opening for writes") from exc
+            deadline = time.monotonic() + self.write_timeout_s
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("CREATE TABLE IF NOT EXISTS mlsys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    break
+                except sqlite3.OperationalError as exc:
+                    # two first writers switching a new file to WAL at once: SQLite answers "locked" at
+                    # once rather than through its busy wait, so wait here, within the write deadline
+                    if "locked" in str(exc) and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        continue
+                    conn.close()
+                    raise self._failed(exc, "opening for writes") from exc
             self._local.writer = conn
         return conn
 
