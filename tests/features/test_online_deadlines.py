@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from ml_system.errors import StoreUnavailableError
 from ml_system.features import Entity, FeatureView, Field, OnlineFeatureReader
@@ -135,4 +136,30 @@ def test_sqlite_reads_give_up_at_their_deadline_when_the_file_is_held(tmp_path: 
         holder.execute("COMMIT")
         holder.close()
     assert outcome(lambda: reader.read([{"driver_id": 1}])).values["rate"] == [0.5]
+    store.close()
+
+
+def test_a_redis_busy_in_a_script_is_unavailable_not_a_failure(
+    private_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """``BUSY`` (and ``LOADING``) replies mean "ask again later": the same error as a stall."""
+    url, _ = private_redis
+    store = RedisOnlineStore(url, read_timeout_s=0.3)
+    store.write_batch("stats", [("1", 1, 1, [0.5])], fields=["rate"])
+    admin = redis.Redis.from_url(url)
+    admin.config_set("busy-reply-threshold", 10)  # milliseconds of script before others get BUSY
+    spinner = threading.Thread(target=lambda: redis.Redis.from_url(url).eval("while true do end", 0), daemon=True)
+    spinner.start()
+    try:
+        failed: Any = None
+        for _ in range(100):  # until the script has run past the threshold
+            failed = outcome(lambda: store.read("stats", ["1"]))
+            if isinstance(failed, StoreUnavailableError) and "BUSY" in str(failed):
+                break
+        assert isinstance(failed, StoreUnavailableError) and "BUSY" in str(failed), failed
+    finally:
+        admin.script_kill()
+        spinner.join(timeout=10)
+        admin.close()
+    assert outcome(lambda: store.read("stats", ["1"]))[0].values == [0.5]
     store.close()

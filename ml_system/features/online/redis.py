@@ -67,6 +67,7 @@ return written
 """
 _TAG = ord("L")
 _VALUES = 40 + LAYOUT_WIDTH
+_NOT_NOW = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")  # error replies that mean "ask again later"
 
 
 def encode_row(event_ts: int, created_ts: int, layout: bytes, values: list[Any]) -> bytes:
@@ -198,6 +199,10 @@ class RedisOnlineStore(OnlineStore):
         try:
             return link.call(packed, replies, deadline=deadline)
         except redis.AuthenticationError:
+            raise
+        except redis.ResponseError as exc:
+            if str(exc).startswith(_NOT_NOW):  # a server loading its data, or busy in a script
+                raise self._unavailable(exc) from exc
             raise
         except redis.TimeoutError as exc:
             link.close()
