@@ -34,7 +34,8 @@ from typing import Any
 import msgpack
 
 LEGACY = b""
-_TAG = ord("L")
+TAG = ord("L")
+"""First byte of a payload with a layout id; readers test it inline, once per row."""
 LAYOUT_WIDTH = 9
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
@@ -66,12 +67,8 @@ def unpack_values(payload: bytes | memoryview | str) -> tuple[list[Any], bytes]:
     """``(values, layout)`` of one payload in any format ever written."""
     if isinstance(payload, str):
         return json.loads(payload), LEGACY
-    if payload[0] == _TAG:
+    if payload[0] == TAG:
         return msgpack.unpackb(payload[LAYOUT_WIDTH:]), bytes(payload[:LAYOUT_WIDTH])
     if payload[:1] == b"[":
         return json.loads(bytes(payload)), LEGACY
     return msgpack.unpackb(payload), LEGACY
-
-
-def is_tagged(first_byte: int) -> bool:
-    return first_byte == _TAG

@@ -48,7 +48,7 @@ from ml_system.features.online.base import (
     OnlineStore,
     check_snapshot_id,
 )
-from ml_system.features.online.codec import LAYOUT_WIDTH, pack_values, unpack_values
+from ml_system.features.online.codec import LAYOUT_WIDTH, TAG, pack_values, unpack_values
 from ml_system.features.online.resp import RespLink, pack_command, supports
 
 _UPSERT_IF_NEWER = """
@@ -65,7 +65,6 @@ for i, key in ipairs(KEYS) do
 end
 return written
 """
-_TAG = ord("L")
 _VALUES = 40 + LAYOUT_WIDTH
 _NOT_NOW = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")  # error replies that mean "ask again later"
 
@@ -84,7 +83,7 @@ def decode_rows(items: list[bytes | None]) -> list[OnlineRow | None]:
 
     Rows written before layouts existed (no ``L`` after the timestamps) take the slower decoder.
     """
-    row, unpack, tag, legacy = OnlineRow, msgpack.unpackb, _TAG, _legacy
+    row, unpack, tag, legacy = OnlineRow, msgpack.unpackb, TAG, _legacy
     return [
         None
         if item is None

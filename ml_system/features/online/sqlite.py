@@ -33,7 +33,7 @@ from msgpack import unpackb
 from ml_system.errors import StoreError, StoreUnavailableError
 from ml_system.features.definitions import check_name
 from ml_system.features.online.base import BASE, MetaChange, OnlineRow, OnlineStore, check_snapshot_id
-from ml_system.features.online.codec import LAYOUT_WIDTH, is_tagged, pack_values, unpack_values
+from ml_system.features.online.codec import LAYOUT_WIDTH, TAG, pack_values, unpack_values
 
 
 def _table(view: str, snapshot: str = BASE) -> str:
@@ -41,12 +41,10 @@ def _table(view: str, snapshot: str = BASE) -> str:
     return f"fv_{view}" if snapshot == BASE else f"fv_{view}__{check_snapshot_id(snapshot)}"
 
 
-def _row(hit: tuple[Any, ...]) -> OnlineRow:
-    payload = hit[3]
-    if type(payload) is bytes and is_tagged(payload[0]):
-        return OnlineRow(hit[1], hit[2], unpackb(payload[LAYOUT_WIDTH:]), payload[:LAYOUT_WIDTH])
+def _untagged(event_ts: int, created_ts: int, payload: Any) -> OnlineRow:
+    """A row in a format from before layouts (the slow path)."""
     values, layout = unpack_values(payload)
-    return OnlineRow(hit[1], hit[2], values, layout)
+    return OnlineRow(event_ts, created_ts, values, layout)
 
 
 class SqliteOnlineStore(OnlineStore):
@@ -167,16 +165,25 @@ class SqliteOnlineStore(OnlineStore):
 
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
         conn = self._reader()
+        row, unpack, width = OnlineRow, unpackb, LAYOUT_WIDTH  # the loop below is a 100-row read's largest cost
         try:
             if len(keys) == 1:
                 hit = conn.execute(self._select_sql(view, 1, snapshot), (keys[0],)).fetchone()
-                return [None if hit is None else _row(hit)]
+                if hit is None:
+                    return [None]
+                _, ev, cr, p = hit
+                tagged = type(p) is bytes and p[0] == TAG
+                return [row(ev, cr, unpack(p[width:]), p[:width]) if tagged else _untagged(ev, cr, p)]
             unique = list(dict.fromkeys(keys))
             found: dict[str, OnlineRow] = {}
             for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
                 chunk = unique[start : start + 900]
-                for hit in conn.execute(self._select_sql(view, len(chunk), snapshot), chunk):
-                    found[hit[0]] = _row(hit)
+                for key, ev, cr, p in conn.execute(self._select_sql(view, len(chunk), snapshot), chunk):
+                    found[key] = (
+                        row(ev, cr, unpack(p[width:]), p[:width])
+                        if type(p) is bytes and p[0] == TAG
+                        else _untagged(ev, cr, p)
+                    )
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return [None] * len(keys)
