@@ -102,8 +102,13 @@ class CustomOnlineStoreConfig(OnlineStoreBaseConfig):
 
     @model_validator(mode="after")
     def _check_settings(self) -> CustomOnlineStoreConfig:
-        _backend_class(self.type).config_model.model_validate(self.model_dump())
+        self.backend_settings()
         return self
+
+    def backend_settings(self) -> BaseModel:
+        """These settings as the backend's own config model (which needs no ``type`` field)."""
+        settings = {k: v for k, v in self.model_dump().items() if k != "type"}
+        return _backend_class(self.type).config_model.model_validate(settings)
 
 
 def _backend_class(path: str) -> Any:

@@ -115,3 +115,19 @@ def test_a_backend_outside_the_package_is_named_by_its_class_path(tmp_path: Path
     store.write_batch("stats", [("1", 1, 1, [0.5])], fields=["rate"])
     assert store.read("stats", ["1"])[0].values == [0.5]  # type: ignore[union-attr]
     store.close()
+
+
+def test_a_builtin_backend_can_be_named_by_its_class_path_too(tmp_path: Path) -> None:
+    from ml_system.features.online import open_online_store
+    from ml_system.features.online.sqlite import SqliteOnlineStore
+
+    cfg = load_config(
+        environ={
+            "MLSYS_HOME": str(tmp_path),
+            "MLSYS_ONLINE_STORE__TYPE": "ml_system.features.online.sqlite.SqliteOnlineStore",
+            "MLSYS_ONLINE_STORE__PATH": str(tmp_path / "o.db"),
+        }
+    )
+    store = open_online_store(cfg.online_store)
+    assert isinstance(store, SqliteOnlineStore) and store.path == str(tmp_path / "o.db")
+    store.close()

@@ -11,7 +11,6 @@ from ml_system.features.online.sqlite import SqliteOnlineStore
 
 
 class LabelledSqliteStoreConfig(OnlineStoreBaseConfig):
-    type: str
     path: str
     label: str = Field(min_length=1)
 
@@ -28,5 +27,5 @@ class LabelledSqliteStore(SqliteOnlineStore):
         return store
 
 
-class NoConfigStore(SqliteOnlineStore):
+class NoConfigStore:
     """A class without a config model: refused when the config is loaded."""

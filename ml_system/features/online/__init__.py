@@ -38,7 +38,7 @@ def open_online_store(config: Any) -> OnlineStore:
     """The store a validated ``online_store`` config describes; a custom backend gets its own config model."""
     cls = online_store_class(config.type)
     if config.type not in ONLINE_STORE_CLASS_FOR_TYPE:
-        config = cls.config_model.model_validate(config.model_dump())
+        config = config.backend_settings()
     return cls.from_config(config)
 
 

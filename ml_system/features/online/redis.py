@@ -38,6 +38,7 @@ import msgpack
 import redis
 from redis.connection import AbstractConnection, parse_url
 
+from ml_system.config import RedisOnlineStoreConfig
 from ml_system.errors import StoreError, StoreUnavailableError
 from ml_system.features.definitions import check_name
 from ml_system.features.online.base import (
@@ -134,6 +135,8 @@ class _PinnedLinks(threading.local):
 
 
 class RedisOnlineStore(OnlineStore):
+    config_model = RedisOnlineStoreConfig
+
     def __init__(
         self,
         url: str,
@@ -164,7 +167,7 @@ class RedisOnlineStore(OnlineStore):
         self._open_pointer_read = _MULTI + pack_command([b"HGET", self._meta.encode(), ACTIVE_SNAPSHOT.encode()])
 
     @classmethod
-    def from_config(cls, config: Any) -> RedisOnlineStore:
+    def from_config(cls, config: RedisOnlineStoreConfig) -> RedisOnlineStore:
         return cls(
             config.redis_url,
             read_spin_us=config.redis_read_spin_us,

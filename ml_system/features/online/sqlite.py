@@ -30,6 +30,7 @@ from typing import Any
 
 from msgpack import unpackb
 
+from ml_system.config import SqliteOnlineStoreConfig
 from ml_system.errors import StoreError, StoreUnavailableError
 from ml_system.features.definitions import check_name
 from ml_system.features.online.base import BASE, MetaChange, OnlineRow, OnlineStore, check_snapshot_id
@@ -48,6 +49,8 @@ def _untagged(event_ts: int, created_ts: int, payload: Any) -> OnlineRow:
 
 
 class SqliteOnlineStore(OnlineStore):
+    config_model = SqliteOnlineStoreConfig
+
     def __init__(self, path: str, *, read_timeout_s: float = 0.5, write_timeout_s: float = 30.0) -> None:
         self.path = path
         self.read_timeout_s = read_timeout_s
@@ -58,7 +61,7 @@ class SqliteOnlineStore(OnlineStore):
         self._select: dict[tuple[str, str, int], str] = {}
 
     @classmethod
-    def from_config(cls, config: Any) -> SqliteOnlineStore:
+    def from_config(cls, config: SqliteOnlineStoreConfig) -> SqliteOnlineStore:
         return cls(config.path, read_timeout_s=config.read_timeout_s, write_timeout_s=config.write_timeout_s)
 
     def _open(self, timeout: float) -> sqlite3.Connection:
