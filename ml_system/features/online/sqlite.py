@@ -175,7 +175,7 @@ class SqliteOnlineStore(OnlineStore):
                 if hit is None:
                     return [None]
                 _, ev, cr, p = hit
-                tagged = type(p) is bytes and p[0] == TAG
+                tagged = p[0] == TAG  # a JSON text payload's first item is a str, never equal to the int
                 return [row(ev, cr, unpack(p[width:]), p[:width]) if tagged else _untagged(ev, cr, p)]
             unique = list(dict.fromkeys(keys))
             found: dict[str, OnlineRow] = {}
@@ -184,7 +184,7 @@ class SqliteOnlineStore(OnlineStore):
                 for key, ev, cr, p in conn.execute(self._select_sql(view, len(chunk), snapshot), chunk):
                     found[key] = (
                         row(ev, cr, unpack(p[width:]), p[:width])
-                        if type(p) is bytes and p[0] == TAG
+                        if p[0] == TAG
                         else _untagged(ev, cr, p)
                     )
         except sqlite3.OperationalError as exc:
