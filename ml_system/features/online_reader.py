@@ -53,6 +53,16 @@ def _epoch_ns(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
+def _statuses(rows: list[OnlineRow | None], ttl_ns: int | None, clocks: list[int]) -> list[FeatureStatus]:
+    """One status per row: missing, present, or older than the view's TTL at that row's clock."""
+    if ttl_ns is None:
+        return [NOT_FOUND if row is None else PRESENT for row in rows]
+    return [
+        NOT_FOUND if row is None else (PRESENT if row.event_ts > clock - ttl_ns else EXPIRED)
+        for row, clock in zip(rows, clocks, strict=True)
+    ]
+
+
 class OnlineFeatureReader:
     def __init__(self, store: OnlineStore, views: dict[str, FeatureView], refs: list[str] | tuple[str, ...]) -> None:
         self.store = store
@@ -104,21 +114,17 @@ class OnlineFeatureReader:
         answers = self.store.read_views(requests)
         for (view_name, _, ttl_ns, feats, layout, fields), rows in zip(self._steps, answers, strict=True):
             absent: dict[int, list[int]] = {}  # field index -> rows whose layout lacks that field
-            for row in rows:
-                if row is not None and row.layout != layout:
+            statuses = _statuses(rows, ttl_ns, clocks)
+            columns: list[tuple[Any, ...]] | None = None
+            if n and statuses.count(PRESENT) == n:
+                # the common case, all in C: transpose whole rows, check every layout is ours, transpose values
+                _, _, values, layouts = zip(*rows, strict=True)  # type: ignore[misc]
+                if layouts.count(layout) == n:
+                    columns = list(zip(*values, strict=True))
+            if columns is None:
+                if any(row is not None and row.layout != layout for row in rows):
                     rows = self._align(view_name, layout, fields, rows, absent)
-                    break
-            if ttl_ns is None:
-                statuses = [NOT_FOUND if row is None else PRESENT for row in rows]
-            else:
-                statuses = [
-                    NOT_FOUND if row is None else (PRESENT if row.event_ts > clock - ttl_ns else EXPIRED)
-                    for row, clock in zip(rows, clocks, strict=True)
-                ]
-            # transpose rows into columns in C (zip), then pick the requested ones
-            if all(s is PRESENT for s in statuses):
-                columns = list(zip(*[row.values for row in rows], strict=True))  # type: ignore[union-attr]
-            else:
+                    statuses = _statuses(rows, ttl_ns, clocks)
                 blank = [None] * len(fields)
                 shown = [row.values if s is PRESENT else blank for row, s in zip(rows, statuses, strict=True)]  # type: ignore[union-attr]
                 columns = list(zip(*shown, strict=True))

@@ -182,11 +182,7 @@ class SqliteOnlineStore(OnlineStore):
             for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
                 chunk = unique[start : start + 900]
                 for key, ev, cr, p in conn.execute(self._select_sql(view, len(chunk), snapshot), chunk):
-                    found[key] = (
-                        row(ev, cr, unpack(p[width:]), p[:width])
-                        if p[0] == TAG
-                        else _untagged(ev, cr, p)
-                    )
+                    found[key] = row(ev, cr, unpack(p[width:]), p[:width]) if p[0] == TAG else _untagged(ev, cr, p)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return [None] * len(keys)
