@@ -8,10 +8,12 @@ private ``redis-server`` on a free port) and batch size (1 row, 100 rows):
 a status per value) against the raw client reading the same stored rows
 (sqlite3 ``SELECT`` of the packed rows / redis-py ``GET``/``MGET``, values
 decoded, no statuses). Runs of 1,000 lookups alternate between the two; the
-p50 and p99 reported are medians over runs of each run's own (medians of several runs), and
+p50 and p99 reported are medians over runs of each run's own, and
 the pooled p99 of all lookups is printed beside them, since on this shared
-2-core VM a burst of host noise can hold one run's tail. Prints a table and a
-last ``RESULT online ...`` line.
+2-core VM a burst of host noise can hold one run's tail. Redis is measured
+twice: reads on the store's own RESP link (the default) and with
+``fast_read_link=False`` (redis-py's connection). Prints a table and a last
+``RESULT online ...`` line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ml_system.features import Entity, FeatureView, Field
 from ml_system.features.definitions import DeltaSource
 from ml_system.features.online import OnlineStore
+from ml_system.features.online.codec import LAYOUT_WIDTH
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.sqlite import SqliteOnlineStore
 from ml_system.features.store import OnlineFeatureReader
@@ -87,7 +90,7 @@ def fill(store: OnlineStore) -> None:
     rng = np.random.default_rng(0)
     now = int(datetime.now(UTC).timestamp() * 1e9)
     values = rng.standard_normal((N_ENTITIES, N_FEATURES)).tolist()
-    store.write_batch(VIEW.name, [(str(i), now, now, values[i]) for i in range(N_ENTITIES)])
+    store.write_batch(VIEW.name, [(str(i), now, now, values[i]) for i in range(N_ENTITIES)], fields=VIEW.feature_names)
 
 
 def measure(fn: Callable[[list[int]], Any], batches: list[list[int]]) -> list[float]:
@@ -124,7 +127,7 @@ def compare(
 
 
 def pct(runs: list[list[float]], q: float) -> float:
-    """Median over runs of each run's percentile (medians of several runs, not one pooled run)."""
+    """Median over runs of each run's percentile (the medians of several runs)."""
     return float(np.median([np.percentile(run, q) for run in runs]))
 
 
@@ -152,10 +155,11 @@ def main() -> None:
             keys = [str(i) for i in ids]
             if len(keys) == 1:
                 row = conn.execute("SELECT payload FROM fv_bench WHERE entity_key = ?", keys).fetchone()
-                return unpack(row[0])
+                return unpack(row[0][LAYOUT_WIDTH:])
             marks = ",".join("?" * len(keys))
             return [
-                unpack(p) for (p,) in conn.execute(f"SELECT payload FROM fv_bench WHERE entity_key IN ({marks})", keys)
+                unpack(p[LAYOUT_WIDTH:])
+                for (p,) in conn.execute(f"SELECT payload FROM fv_bench WHERE entity_key IN ({marks})", keys)
             ]
 
         for size in (1, 100):
@@ -168,20 +172,27 @@ def main() -> None:
         with redis_server(tmp) as url:
             redis_store = RedisOnlineStore(url)
             fill(redis_store)
-            reader = OnlineFeatureReader(redis_store, {VIEW.name: VIEW}, [f"bench:f{i}" for i in range(N_FEATURES)])
             client = redis.Redis.from_url(url)
+            skip = 40 + LAYOUT_WIDTH
 
             def raw_redis(ids: list[int]) -> Any:
                 if len(ids) == 1:
-                    return unpack(client.get(f"mlsys:bench:{ids[0]}")[40:])
-                return [unpack(v[40:]) for v in client.mget([f"mlsys:bench:{i}" for i in ids])]
+                    return unpack(client.get(f"mlsys:bench:{ids[0]}")[skip:])
+                return [unpack(v[skip:]) for v in client.mget([f"mlsys:bench:{i}" for i in ids])]
 
-            for size in (1, 100):
-                results[("redis", size)] = compare(
-                    lambda ids: reader.read([{"user_id": i} for i in ids], now), raw_redis, size, lookups
-                )
+            # the platform's reads on its own RESP link (the default), then on redis-py's connection
+            for link, fast in (("redis", True), ("redis-py", False)):
+                store = redis_store if fast else RedisOnlineStore(url, fast_read_link=False)
+                reader = OnlineFeatureReader(store, {VIEW.name: VIEW}, [f"bench:f{i}" for i in range(N_FEATURES)])
+                for size in (1, 100):
+                    results[(link, size)] = compare(
+                        lambda ids, reader=reader: reader.read([{"user_id": i} for i in ids], now),
+                        raw_redis,
+                        size,
+                        lookups,
+                    )
+                store.close()
             client.close()
-            redis_store.close()
 
     print(
         f"online lookup, {N_FEATURES} features per row, {N_ENTITIES:,} entities, {lookups:,} lookups per case "
@@ -203,7 +214,9 @@ def main() -> None:
         f"sqlite_100_p99_ms={pct(results[('sqlite', 100)][0], 99):.3f} "
         f"ratio_vs_raw_redis_p99={pct(results[('redis', 1)][0], 99) / pct(results[('redis', 1)][1], 99):.2f} "
         f"redis_p99_pooled_ms={pooled(results[('redis', 1)][0], 99):.3f} "
-        f"redis_100_p99_pooled_ms={pooled(results[('redis', 100)][0], 99):.3f}"
+        f"redis_100_p99_pooled_ms={pooled(results[('redis', 100)][0], 99):.3f} "
+        f"redis_py_link_p99_ms={pct(results[('redis-py', 1)][0], 99):.3f} "
+        f"redis_py_link_100_p99_ms={pct(results[('redis-py', 100)][0], 99):.3f}"
     )
 
 

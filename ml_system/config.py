@@ -27,6 +27,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from ml_system.errors import ConfigError
@@ -137,16 +138,22 @@ class _PluginBackend(_Backend):
     @field_validator("type")
     @classmethod
     def _importable(cls, path: str) -> str:
-        module, _, name = path.rpartition(".")
-        if not module:
-            raise ValueError(f"unknown type '{path}': use one of the built-in types or a class path (pkg.module.Class)")
-        try:
-            found = getattr(importlib.import_module(module), name, None)
-        except ImportError as exc:
-            raise ValueError(f"cannot import backend module '{module}': {exc}") from exc
-        if not isinstance(found, type):
-            raise ValueError(f"'{path}' names no class")
+        import_class(path, "one of the built-in types")
         return path
+
+
+def import_class(path: str, builtins: str) -> type:
+    """A backend class named by its import path; config names the engine only as strings."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"unknown type '{path}': use {builtins} or a class path (package.module.Class)")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError as exc:
+        raise ValueError(f"cannot import backend module '{module}': {exc}") from exc
+    if not isinstance(found, type):
+        raise ValueError(f"'{path}' names no class")
+    return found
 
 
 class OfflineStoreConfig(_Backend):
@@ -219,20 +226,93 @@ OfflineStoreSection = _section(LocalOfflineStoreConfig, S3OfflineStoreConfig, Pl
 RegistrySection = _section(LocalRegistryConfig, S3RegistryConfig, PluginRegistryConfig)
 
 
-class OnlineStoreConfig(_Section):
-    type: Literal["sqlite", "redis"] = "sqlite"
+class OnlineStoreBaseConfig(_Section):
+    """What every online store's config has; a backend's own config model extends it."""
+
+    read_timeout_s: float = Field(0.5, gt=0, le=60)
+    """Deadline of every online read and meta read: a store that does not answer in time raises
+    ``StoreUnavailableError`` (serving answers 503) instead of holding the request."""
+    write_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of each write, delete and admin command (a batch of up to 1,000 rows)."""
+
+
+class SqliteOnlineStoreConfig(OnlineStoreBaseConfig):
+    type: Literal["sqlite"] = "sqlite"
     path: str = ""
+    """The database file (default ``<home>/online.db``)."""
+
+
+class RedisOnlineStoreConfig(OnlineStoreBaseConfig):
+    type: Literal["redis"] = "redis"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_read_spin_us: int = Field(100, ge=0, le=10_000)
     """How long a lookup polls its socket for Redis' reply before sleeping (0: never). Waking a
     sleeping thread cost more than the round trip itself here; a remote Redis that never answers
     within the spin makes the reader stop spinning for a while (``online/resp.py``)."""
+    fast_read_link: bool = True
+    """Reads on the store's own RESP link (spin-then-sleep, no per-command machinery); false reads
+    through redis-py's connection. ``benchmarks/online_lookup.py`` measures both."""
+
+
+class CustomOnlineStoreConfig(OnlineStoreBaseConfig):
+    """A backend outside the package: ``type`` is the class's import path, the other keys are its
+    own. They are checked against the class's ``config_model`` when the config is loaded."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        _backend_class(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> CustomOnlineStoreConfig:
+        self.backend_settings()
+        return self
+
+    def backend_settings(self) -> BaseModel:
+        """These settings as the backend's own config model (which needs no ``type`` field)."""
+        settings = {k: v for k, v in self.model_dump().items() if k != "type"}
+        return _backend_class(self.type).config_model.model_validate(settings)
+
+
+def _backend_class(path: str) -> Any:
+    """An online store class named by path, with the ``config_model`` its settings are checked against."""
+    cls = import_class(path, " or ".join(BUILTIN_ONLINE_STORES))
+    if getattr(cls, "config_model", None) is None:
+        raise ValueError(f"online store class '{path}' has no config_model to check its settings with")
+    return cls
+
+
+BUILTIN_ONLINE_STORES = ("sqlite", "redis")
+
+
+def _online_kind(value: Any) -> str:
+    kind = value.get("type", "sqlite") if isinstance(value, dict) else getattr(value, "type", "sqlite")
+    return kind if kind in BUILTIN_ONLINE_STORES else "custom"
+
+
+OnlineStoreConfig = Annotated[
+    Annotated[SqliteOnlineStoreConfig, Tag("sqlite")]
+    | Annotated[RedisOnlineStoreConfig, Tag("redis")]
+    | Annotated[CustomOnlineStoreConfig, Tag("custom")],
+    Discriminator(_online_kind),
+]
+"""The online store's config, chosen by ``type`` when the config is validated; the class that
+opens it comes from the table in ``ml_system.features.online`` (config imports none of the engine)."""
+_UNION_TAGS = {"sqlite", "redis", "custom"}
 
 
 class FeaturesConfig(_Section):
     max_future_skew_s: float = Field(300.0, ge=0)
     """How far past this machine's clock an event time may lie (a pushed row, a materialization
     ``end``). Rows from the future would win every later upsert for their key, so they are refused."""
+    snapshot_heartbeat_s: float = Field(30.0, gt=0)
+    """How often a snapshot load records that its process is alive."""
+    snapshot_abandoned_after_s: float = Field(600.0, gt=0)
+    """A load whose heartbeat is older than this is abandoned (its process died): ``snapshot gc`` reclaims it."""
 
 
 class MlflowConfig(_Section):
@@ -255,7 +335,7 @@ class PlatformConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     offline_store: OfflineStoreSection = Field(default_factory=LocalOfflineStoreConfig)
     registry: RegistrySection = Field(default_factory=LocalRegistryConfig)
-    online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=SqliteOnlineStoreConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
@@ -273,7 +353,8 @@ class PlatformConfig(_Section):
             elif data[section]["type"] == "file":
                 data[section]["uri"] = _absolute(data[section]["uri"])
         on = data["online_store"]
-        on["path"] = _absolute(on["path"] or str(home / "online.db"))
+        if on["type"] == "sqlite":
+            on["path"] = _absolute(on["path"] or str(home / "online.db"))
         ml = data["mlflow"]
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
@@ -369,7 +450,9 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         return PlatformConfig.model_validate(data).resolved()
     except ValidationError as exc:
         first = exc.errors()[0]
-        # a backend section's loc carries the union member's tag (offline_store.s3.uri): drop it
-        loc = [p for i, p in enumerate(first["loc"]) if not (i == 1 and p in ("file", "s3", "plugin"))]
+        # a backend section's loc carries the union member's tag (offline_store.s3.uri, online_store.redis.x):
+        # users wrote the section's field, so drop it
+        tags = {"file", "s3", "plugin", *_UNION_TAGS}
+        loc = [p for i, p in enumerate(first["loc"]) if not (i == 1 and p in tags)]
         field = ".".join(str(p) for p in loc)
         raise ConfigError(f"config field '{field}': {first['msg']}") from exc

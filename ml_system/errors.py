@@ -29,6 +29,10 @@ class StoreError(MLSystemError):
     """An offline or online store could not be read or written."""
 
 
+class StoreUnavailableError(StoreError):
+    """A store did not answer within its deadline or cannot be reached; retrying later may succeed."""
+
+
 class ModelNotFoundError(MLSystemError):
     """No model version answers to the requested name, version or alias."""
 
@@ -43,10 +47,6 @@ class ModelIntegrityError(MLSystemError):
 
 class UseCaseError(MLSystemError):
     """A use case is unknown, lacks a required part or collides with another one."""
-
-
-class StoreUnavailableError(StoreError):
-    """A store did not answer within its deadline or could not be reached; retrying later may work."""
 
 
 class UnscorableError(MLSystemError):

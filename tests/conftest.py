@@ -69,6 +69,17 @@ def make_config(home: Path, **overrides: str) -> PlatformConfig:
     return load_config(environ=environ)
 
 
+def online_backend(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Config overrides that put a test's online store on ``backend`` ("sqlite" or "redis", emptied first)."""
+    if backend == "sqlite":
+        return {}
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    redis.Redis.from_url(url).flushdb()
+    return {"MLSYS_ONLINE_STORE__TYPE": "redis", "MLSYS_ONLINE_STORE__REDIS_URL": url}
+
+
 @pytest.fixture()
 def platform_config(tmp_path: Path) -> PlatformConfig:
     return make_config(tmp_path / "mlsys")

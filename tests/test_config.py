@@ -118,3 +118,82 @@ def test_a_backend_outside_the_package_is_named_by_class_path(tmp_path: Path) ->
         }
     )
     assert isinstance(open_offline_store(cfg.offline_store), LocalDeltaStore)
+
+
+# ---- the online store's backend table -------------------------------------------------------------
+
+
+def test_the_online_backend_table_and_the_config_models_agree() -> None:
+    from ml_system.config import BUILTIN_ONLINE_STORES
+    from ml_system.features.online import ONLINE_STORE_CLASS_FOR_TYPE, online_store_class
+
+    assert set(BUILTIN_ONLINE_STORES) == set(ONLINE_STORE_CLASS_FOR_TYPE)
+    for kind in BUILTIN_ONLINE_STORES:
+        cfg = load_config(environ={"MLSYS_HOME": "/tmp/h", "MLSYS_ONLINE_STORE__TYPE": kind})
+        assert cfg.online_store.type == kind
+        assert online_store_class(kind).__name__.lower().startswith(kind)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"MLSYS_ONLINE_STORE__TYPE": "redis", "MLSYS_ONLINE_STORE__PATH": "/x.db"}, "online_store.path"),
+        ({"MLSYS_ONLINE_STORE__REDIS_URL": "redis://a:1/0"}, "online_store.redis_url"),  # sqlite has none
+        ({"MLSYS_ONLINE_STORE__READ_TIMEOUT_S": "0"}, "online_store.read_timeout_s"),
+        ({"MLSYS_ONLINE_STORE__TYPE": "redis", "MLSYS_ONLINE_STORE__FAST_READ_LINK": "maybe"}, "fast_read_link"),
+        ({"MLSYS_ONLINE_STORE__TYPE": "no_such.module.Store"}, "cannot be imported"),
+        ({"MLSYS_ONLINE_STORE__TYPE": "tests.features.custom_backend.NoConfigStore"}, "no config_model"),
+        (
+            {
+                "MLSYS_ONLINE_STORE__TYPE": "tests.features.custom_backend.LabelledSqliteStore",
+                "MLSYS_ONLINE_STORE__PATH": "/x",
+            },
+            "label",
+        ),
+    ],
+)
+def test_a_bad_online_store_config_fails_when_loaded(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(environ={"MLSYS_HOME": "/tmp/h", **env})
+
+
+def test_env_overrides_pick_and_tune_the_backend(tmp_path: Path) -> None:
+    env = {"MLSYS_HOME": str(tmp_path), "MLSYS_ONLINE_STORE__TYPE": "redis"}
+    cfg = load_config(environ={**env, "MLSYS_ONLINE_STORE__FAST_READ_LINK": "false"})
+    assert cfg.online_store.type == "redis" and cfg.online_store.fast_read_link is False
+    assert cfg.online_store.read_timeout_s == 0.5
+
+
+def test_a_backend_outside_the_package_is_named_by_its_class_path(tmp_path: Path) -> None:
+    from ml_system.features.online import open_online_store
+    from tests.features.custom_backend import LabelledSqliteStore
+
+    cfg = load_config(
+        environ={
+            "MLSYS_HOME": str(tmp_path),
+            "MLSYS_ONLINE_STORE__TYPE": "tests.features.custom_backend.LabelledSqliteStore",
+            "MLSYS_ONLINE_STORE__PATH": str(tmp_path / "custom.db"),
+            "MLSYS_ONLINE_STORE__LABEL": "team-a",
+        }
+    )
+    store = open_online_store(cfg.online_store)
+    assert isinstance(store, LabelledSqliteStore) and store.label == "team-a"
+    store.write_batch("stats", [("1", 1, 1, [0.5])], fields=["rate"])
+    assert store.read("stats", ["1"])[0].values == [0.5]  # type: ignore[union-attr]
+    store.close()
+
+
+def test_a_builtin_backend_can_be_named_by_its_class_path_too(tmp_path: Path) -> None:
+    from ml_system.features.online import open_online_store
+    from ml_system.features.online.sqlite import SqliteOnlineStore
+
+    cfg = load_config(
+        environ={
+            "MLSYS_HOME": str(tmp_path),
+            "MLSYS_ONLINE_STORE__TYPE": "ml_system.features.online.sqlite.SqliteOnlineStore",
+            "MLSYS_ONLINE_STORE__PATH": str(tmp_path / "o.db"),
+        }
+    )
+    store = open_online_store(cfg.online_store)
+    assert isinstance(store, SqliteOnlineStore) and store.path == str(tmp_path / "o.db")
+    store.close()

@@ -34,7 +34,9 @@ def cli_config(config: str | None, home: str | None) -> PlatformConfig:
                 "home": home,
                 "offline_store": cfg.offline_store.model_copy(update={"uri": ""}),
                 "registry": cfg.registry.model_copy(update={"uri": ""}),
-                "online_store": cfg.online_store.model_copy(update={"path": ""}),
+                "online_store": cfg.online_store.model_copy(update={"path": ""})
+                if cfg.online_store.type == "sqlite"
+                else cfg.online_store,
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
             }
         )

@@ -25,7 +25,7 @@ from ml_system.config import PlatformConfig
 from ml_system.errors import MLSystemError
 
 features_app = typer.Typer(help="Feature definitions, registry and materialization.", no_args_is_help=True)
-snapshot_app = typer.Typer(help="Online data snapshots: load, switch atomically, roll back.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Online data snapshots: load, switch, roll back, reclaim.", no_args_is_help=True)
 features_app.add_typer(snapshot_app, name="snapshot")
 PruneOpt = typer.Option(False, "--prune", help="Also delete registered objects the module no longer defines")
 

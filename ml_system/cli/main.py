@@ -11,6 +11,7 @@ import sys
 import typer
 from rich.table import Table
 
+from ml_system.cli import online_data  # noqa: F401 - registers `features delete` and `features snapshot gc`
 from ml_system.cli.common import (
     ConfigOpt,
     HomeOpt,
@@ -114,3 +115,6 @@ def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+# commands on online data (delete, snapshot gc) live in their own module; importing it registers them

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -20,6 +21,28 @@ from typing import Any
 from ml_system.errors import DefinitionError, FeatureReferenceError
 
 _DTYPES = {"float64", "float32", "int64", "int32", "string", "bool", "timestamp"}
+KEY_TYPES = ("string", "int64", "int32")
+"""Join-key value types (Feast's ``ValueType`` for entities): keys are normalised to them before they are stored."""
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+def check_name(kind: str, name: object) -> str:
+    """The one rule for every name that becomes a table, a key prefix or a path: views, entities,
+    feature services and offline tables, checked where they are defined and where the registry is read.
+
+    Lowercase letters, digits and single underscores, starting with a letter, at most 63
+    characters. Lowercase only because SQLite table names (and many filesystems) ignore case, so
+    'Weather' and 'weather' would be one table; no '__' because the SQLite store names a snapshot's
+    table ``fv_<view>__<snapshot>``; no '/', '.' or ':' so that a table name never leaves the
+    offline root and a view name never spans Redis key parts.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or "__" in name:
+        raise DefinitionError(
+            f"{kind} name {name!r} is not allowed: use 1-63 lowercase letters, digits and single underscores, "
+            "starting with a letter"
+        )
+    return name
 
 
 class Lifecycle(StrEnum):
@@ -31,14 +54,40 @@ class Lifecycle(StrEnum):
 
 @dataclass(frozen=True)
 class Entity:
+    """``value_type``: the type of the join keys' values, one for all of them or a mapping per key
+    (kept as a tuple aligned with ``join_keys``). Keys are stored in that type's canonical text, so
+    an ``int64`` key that became a float offline (``1.0``) is stored as ``1`` and a request for
+    ``1`` finds it; ``string`` (the default) stores ``str(value)``."""
+
     name: str
     join_keys: tuple[str, ...]
     description: str = ""
+    value_type: str | Mapping[str, str] | tuple[str, ...] = "string"
 
     def __post_init__(self) -> None:
+        check_name("entity", self.name)
         if isinstance(self.join_keys, str) or not self.join_keys:
             raise DefinitionError(f"entity '{self.name}': join_keys must be a non-empty list of column names")
         object.__setattr__(self, "join_keys", tuple(self.join_keys))
+        if isinstance(self.value_type, str):
+            types = (self.value_type,) * len(self.join_keys)
+        elif isinstance(self.value_type, Mapping):
+            unknown = sorted(set(self.value_type) - set(self.join_keys))
+            if unknown:
+                raise DefinitionError(f"entity '{self.name}': value_type names keys {unknown} that are not join keys")
+            types = tuple(self.value_type.get(k, "string") for k in self.join_keys)
+        else:
+            types = tuple(self.value_type)
+            if len(types) != len(self.join_keys):
+                raise DefinitionError(f"entity '{self.name}': value_type needs one type per join key")
+        bad = [t for t in types if t not in KEY_TYPES]
+        if bad:
+            raise DefinitionError(f"entity '{self.name}': key value_type {bad[0]!r} is not one of {list(KEY_TYPES)}")
+        object.__setattr__(self, "value_type", types)
+
+    @property
+    def key_types(self) -> dict[str, str]:
+        return dict(zip(self.join_keys, self.value_type, strict=True))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -58,6 +107,9 @@ class DeltaSource:
     table: str
     timestamp_field: str = "event_timestamp"
     created_timestamp_field: str | None = "created_timestamp"
+
+    def __post_init__(self) -> None:
+        check_name("offline table", self.table)
 
 
 def _check_schema(what: str, schema: tuple[Field, ...], taken: Any, clash_reason: str) -> None:
@@ -87,6 +139,7 @@ class FeatureView:
     """None keeps the registered state (a new view starts active); the registry owns it after that."""
 
     def __post_init__(self) -> None:
+        check_name("feature view", self.name)
         object.__setattr__(self, "entities", tuple(self.entities))
         object.__setattr__(self, "schema", tuple(self.schema))
         if not self.entities:
@@ -96,6 +149,14 @@ class FeatureView:
             object.__setattr__(self, "lifecycle", Lifecycle(self.lifecycle))
         if self.ttl is not None and self.ttl <= timedelta(0):
             raise DefinitionError(f"feature view '{self.name}': ttl must be positive or None")
+        declared: dict[str, str] = {}
+        for entity in self.entities:
+            for key, kind in entity.key_types.items():
+                if declared.setdefault(key, kind) != kind:
+                    raise DefinitionError(
+                        f"feature view '{self.name}': join key '{key}' is {declared[key]} in one entity "
+                        f"and {kind} in entity '{entity.name}'"
+                    )
 
     @property
     def join_keys(self) -> tuple[str, ...]:
@@ -103,6 +164,15 @@ class FeatureView:
         for entity in self.entities:
             keys.extend(k for k in entity.join_keys if k not in keys)
         return tuple(keys)
+
+    @property
+    def key_types(self) -> tuple[str, ...]:
+        """The value type of each join key, in ``join_keys`` order."""
+        types: dict[str, str] = {}
+        for entity in self.entities:
+            for key, kind in entity.key_types.items():
+                types.setdefault(key, kind)
+        return tuple(types[k] for k in self.join_keys)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -119,6 +189,7 @@ class FeatureService:
     owner: str = ""
 
     def __post_init__(self) -> None:
+        check_name("feature service", self.name)
         object.__setattr__(self, "features", tuple(self.features))
         for ref in self.features:
             parse_ref(ref)
@@ -188,6 +259,7 @@ class OnDemandFeatureView:
         tags: dict[str, str] | None = None,
     ) -> None:
         what = f"on-demand feature view '{name}'"
+        check_name("on-demand feature view", name)
         set_ = object.__setattr__
         set_(self, "name", name)
         set_(self, "inputs", tuple(inputs))

@@ -29,8 +29,9 @@ import pandas as pd
 from ml_system.config import OnlineStoreConfig
 from ml_system.errors import EntityDataError
 from ml_system.features.definitions import FeatureView
+from ml_system.features.keys import frame_keys
 from ml_system.features.offline import OfflineStore, TableState
-from ml_system.features.online import OnlineStore, entity_key, open_online_store
+from ml_system.features.online import OnlineStore, open_online_store
 from ml_system.features.online.base import BASE
 from ml_system.features.pit_join import timestamps_ns
 
@@ -40,22 +41,15 @@ def latest_rows(df: pd.DataFrame, view: FeatureView) -> list[tuple[str, int, int
     if df.empty:
         return []
     src = view.source
-    keys = list(view.join_keys)
-    df = df.dropna(subset=keys)
+    df = df.dropna(subset=list(view.join_keys))
     ev = timestamps_ns(df[src.timestamp_field], src.timestamp_field)
     cr = (
         timestamps_ns(df[src.created_timestamp_field], src.created_timestamp_field)
         if (src.created_timestamp_field and src.created_timestamp_field in df)
         else ev
     )
-    work = pd.DataFrame(
-        {
-            "__key": [entity_key(t) for t in df[keys].itertuples(index=False, name=None)],
-            "__ev": ev,
-            "__cr": cr,
-            "__order": np.arange(len(df)),
-        }
-    )
+    keys, named = frame_keys(df, view)  # normalised by the entities' key types; empty keys name no entity
+    work = pd.DataFrame({"__key": keys, "__ev": ev, "__cr": cr, "__order": np.arange(len(df))})[named]
     work = work.sort_values(["__ev", "__cr", "__order"], kind="stable").drop_duplicates("__key", keep="last")
     values = df[list(view.feature_names)].iloc[work["__order"].to_numpy()]
     rows = []
@@ -111,7 +105,7 @@ class WriteLatest:
         if rows:
             store = open_online_store(self.online)
             try:
-                store.write_batch(self.view.name, rows, self.snapshot)
+                store.write_batch(self.view.name, rows, self.snapshot, fields=self.view.feature_names)
             finally:
                 store.close()
         return pd.DataFrame({"written": [len(rows)]})

@@ -7,8 +7,8 @@ run as cluster jobs; the facade only resolves definitions and wires inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -18,6 +18,7 @@ import ray
 from ml_system.cluster import refuse_node_local
 from ml_system.config import PlatformConfig
 from ml_system.errors import DefinitionError, EntityDataError, StoreError
+from ml_system.features import push as pushing
 from ml_system.features import snapshots
 from ml_system.features.definitions import (
     Entity,
@@ -26,173 +27,19 @@ from ml_system.features.definitions import (
     OnDemandFeatureView,
     group_refs,
 )
-from ml_system.features.materialize import Stores, WriteLatest, latest_rows, materialize_view, watermark_key, window_ns
+from ml_system.features.materialize import Stores, WriteLatest, materialize_view, watermark_key, window_ns
 from ml_system.features.offline import OfflineStore, open_offline_store
-from ml_system.features.online import FeatureStatus, OnlineRow, OnlineStore, entity_key, open_online_store
+from ml_system.features.online import OnlineStore, open_online_store
+from ml_system.features.online_reader import OnlineFeatureReader, OnlineFeatures
 from ml_system.features.partitioning import KeyKind, arrow_key_kind, common_kinds, key_kind
 from ml_system.features.pit_join import JoinSpec, join_blocks, join_pandas
 from ml_system.features.registry import Change, Definition, Registry
-
-
-@dataclass
-class OnlineFeatures:
-    """Column-oriented answer: ``values[name][i]`` and ``statuses[name][i]`` for entity row i."""
-
-    values: dict[str, list[Any]] = field(default_factory=dict)
-    statuses: dict[str, list[FeatureStatus]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, list[Any]]:
-        return dict(self.values)
 
 
 @dataclass(frozen=True)
 class Freshness:
     latest_event: datetime | None
     materialized_until: datetime | None
-
-
-class OnlineFeatureReader:
-    """Resolved once, read many times: serving replicas keep one of these.
-
-    Reading the registry or parsing references per request would cost more
-    than the lookup itself.
-    """
-
-    def __init__(
-        self,
-        store: OnlineStore,
-        views: dict[str, FeatureView],
-        refs: list[str] | tuple[str, ...],
-        ondemand: dict[str, OnDemandFeatureView] | None = None,
-    ) -> None:
-        self.store = store
-        ondemand = ondemand or {}
-        grouped = group_refs(list(refs), {**views, **ondemand})
-        self.plan: list[tuple[FeatureView, list[tuple[str, int]]]] = []
-        self.ondemand_plan: list[tuple[OnDemandFeatureView, list[tuple[str, int]]]] = []
-        for view_name, feats in grouped.items():
-            if view_name in ondemand:
-                odfv = ondemand[view_name]
-                self.ondemand_plan.append((odfv, [(f, odfv.feature_names.index(f)) for f in feats]))
-                continue
-            view = views[view_name]
-            names = list(view.feature_names)
-            self.plan.append((view, [(f, names.index(f)) for f in feats]))
-        self.feature_names = [f for _, feats in self.plan for f, _ in feats]
-        self.feature_names += [f for _, feats in self.ondemand_plan for f, _ in feats]
-        self._ondemand_steps = [
-            (odfv.name, odfv.input_names, odfv.row_function(), feats) for odfv, feats in self.ondemand_plan
-        ]
-        # what read() needs, computed once: property lookups and timedelta maths cost microseconds each
-        self._steps = [
-            (view.name, view.join_keys, None if view.ttl is None else _ns(view.ttl), feats) for view, feats in self.plan
-        ]
-
-    def required_keys(self) -> list[str]:
-        """Join keys of the stored views, then the request fields of the on-demand ones."""
-        keys: list[str] = []
-        for view, _ in self.plan:
-            keys.extend(k for k in view.join_keys if k not in keys)
-        for odfv, _ in self.ondemand_plan:
-            keys.extend(k for k in odfv.input_names if k not in keys)
-        return keys
-
-    def _ondemand(self, entity_rows: list[dict[str, Any]], out: OnlineFeatures) -> None:
-        """Computed per row with the view's row function: present whenever the request holds its inputs."""
-        n = len(entity_rows)
-        for view_name, inputs, row_fn, feats in self._ondemand_steps:
-            try:
-                results = [row_fn(*[row[k] for k in inputs]) for row in entity_rows]
-            except KeyError as exc:
-                raise EntityDataError(
-                    f"entity rows lack input '{exc.args[0]}' needed by on-demand feature view '{view_name}'"
-                ) from None
-            except (ArithmeticError, ValueError) as exc:  # the request's own values: say which row
-                raise EntityDataError(
-                    f"entity row {_failing_row(row_fn, inputs, entity_rows)}: on-demand feature view "
-                    f"'{view_name}' cannot compute from it: {type(exc).__name__}: {exc}"
-                ) from None
-            columns = list(zip(*results, strict=True))
-            statuses = [PRESENT] * n
-            for name, idx in feats:
-                out.values[name] = list(columns[idx])
-                out.statuses[name] = statuses.copy()
-
-    def read(self, entity_rows: list[dict[str, Any]], now: datetime | list[datetime] | None = None) -> OnlineFeatures:
-        """One store round trip per view; statuses are decided once per row and view, not per value."""
-        n = len(entity_rows)
-        if isinstance(now, list):
-            clocks = [_epoch_ns(t) for t in now]
-        else:
-            clocks = [_epoch_ns(now or datetime.now(UTC))] * n
-        out = OnlineFeatures()
-        requests: list[tuple[str, list[str]]] = []
-        for view_name, join_keys, _, _ in self._steps:
-            try:
-                if len(join_keys) == 1:
-                    only = join_keys[0]
-                    keys = ["" if (v := row[only]) is None else str(v) for row in entity_rows]  # == entity_key((v,))
-                else:
-                    keys = [entity_key([row[k] for k in join_keys]) for row in entity_rows]
-            except KeyError as exc:
-                missing = next(i for i, row in enumerate(entity_rows) if exc.args[0] not in row)
-                raise EntityDataError(
-                    f"entity row {missing} lacks join key '{exc.args[0]}' needed by view '{view_name}'"
-                ) from None
-            requests.append((view_name, keys))
-        # every view from the one snapshot active now (Redis: pointer and all views in one round trip)
-        answers = self.store.read_views(requests) if requests else []
-        for (_, _, ttl_ns, feats), rows in zip(self._steps, answers, strict=True):
-            if ttl_ns is None:
-                statuses = [NOT_FOUND if row is None else PRESENT for row in rows]
-            else:
-                statuses = [
-                    NOT_FOUND if row is None else (PRESENT if row.event_ts > clock - ttl_ns else EXPIRED)
-                    for row, clock in zip(rows, clocks, strict=True)
-                ]
-            # transpose rows into columns in C (zip), then pick the requested ones
-            if all(s is PRESENT for s in statuses):
-                columns = list(zip(*[row.values for row in rows], strict=True))  # type: ignore[union-attr]
-            else:
-                blank = [None] * _row_width(rows)
-                shown = [row.values if s is PRESENT else blank for row, s in zip(rows, statuses, strict=True)]  # type: ignore[union-attr]
-                columns = list(zip(*shown, strict=True))
-            for name, idx in feats:
-                out.values[name] = list(columns[idx]) if columns else [None] * n
-                out.statuses[name] = statuses.copy()
-        if self._ondemand_steps:
-            self._ondemand(entity_rows, out)
-        return out
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _failing_row(row_fn: Any, inputs: tuple[str, ...], entity_rows: list[dict[str, Any]]) -> int:
-    for i, row in enumerate(entity_rows):
-        try:
-            row_fn(*[row[k] for k in inputs])
-        except (ArithmeticError, ValueError):
-            return i
-    return 0
-
-
-def _row_width(rows: list[OnlineRow | None]) -> int:
-    return next((len(row.values) for row in rows if row is not None), 0)
-
-
-def _ns(delta: timedelta) -> int:
-    return delta // timedelta(microseconds=1) * 1000
-
-
-def _epoch_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch; datetime arithmetic, several times cheaper than ``pd.Timestamp``."""
-    if isinstance(moment, pd.Timestamp) or moment.tzinfo is None:
-        return int(pd.Timestamp(moment).value)
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-PRESENT, NOT_FOUND, EXPIRED = FeatureStatus.PRESENT, FeatureStatus.NOT_FOUND, FeatureStatus.EXPIRED
 
 
 def _column_kind(entity_df: pd.DataFrame | ray.data.Dataset, column: str) -> KeyKind:
@@ -251,7 +98,20 @@ class FeatureStore:
         for obj in objects:
             if isinstance(obj, FeatureView):
                 self._check_source(obj)
+        self._name_legacy_rows(objects)
         return self.registry.apply(objects, by=by, prune=prune)
+
+    def _name_legacy_rows(self, objects: list[Definition]) -> None:
+        """Before a view's fields change, record what the values of its pre-layout online rows are called.
+
+        Rows written by versions without layouts carry no field names; until a view's schema
+        changes, they are in its registered order, so that order is recorded (once) first.
+        """
+        registered = self.registry.feature_views()
+        for obj in objects:
+            old = registered.get(obj.name) if isinstance(obj, FeatureView) else None
+            if old is not None and old.feature_names != obj.feature_names:  # type: ignore[union-attr]
+                self.online.record_legacy_layout(old.name, old.feature_names)
 
     def plan(self, objects: list[Definition], *, prune: bool = True) -> list[Change]:
         for obj in objects:
@@ -512,13 +372,16 @@ class FeatureStore:
         self._check_placement("load a snapshot", ("registry", "online_store"))
         sid = snapshots.new_snapshot_id()
         snapshots.record(self.online, sid, end.isoformat(), "loading")
+        heartbeat = snapshots.Heartbeat(self.online, sid, self.config.features.snapshot_heartbeat_s)
         try:
             self.materialize(None, end, views, snapshot=sid)
         except BaseException:
+            heartbeat.stop()
             self.online.drop_snapshot(sid)
             snapshots.record(self.online, sid, end.isoformat(), "failed")
             raise
-        snapshots.record(self.online, sid, end.isoformat(), "ready")
+        heartbeat.stop()
+        snapshots.record(self.online, sid, end.isoformat(), "ready", expect=("loading",))
         return sid
 
     def activate_snapshot(self, snapshot: str) -> str:
@@ -532,9 +395,38 @@ class FeatureStore:
     def list_snapshots(self) -> list[snapshots.SnapshotInfo]:
         return snapshots.listing(self.online)
 
-    def push(self, view_name: str, rows: pd.DataFrame, to_offline: bool = True) -> int:
-        """Write fresh rows (e.g. from a stream) online, and append them offline for training."""
-        view = self.registry.feature_view(view_name)
-        if to_offline:
-            self.offline.write_pandas(view.source.table, rows, mode="append")
-        return self.online.write_batch(view.name, latest_rows(rows, view), self.online.active_snapshot())
+    def gc_snapshots(self, keep: int = 1, abandoned_after_s: float | None = None) -> snapshots.GcReport:
+        """Reclaim replaced snapshots beyond the ``keep`` newest rollback targets, and failed or abandoned loads.
+
+        Never the active snapshot or a kept rollback target (``snapshots.gc`` says exactly what is kept).
+        """
+        after = self.config.features.snapshot_abandoned_after_s if abandoned_after_s is None else abandoned_after_s
+        return snapshots.gc(self.online, keep=keep, abandoned_after_s=after)
+
+    def push(
+        self, view_name: str, rows: pd.DataFrame, to_offline: bool = True, *, idempotency_key: str | None = None
+    ) -> int:
+        """Write fresh rows (e.g. from a stream) offline for training, then online; returns online rows written.
+
+        Safe to retry: ``idempotency_key`` (default: a hash of ``rows``) is recorded with the Delta
+        commit, so a retry appends nothing twice. Online, rows go into every snapshot a reader may
+        be switched to, so a push during a snapshot load survives its activation. Rows dated more
+        than ``features.max_future_skew_s`` ahead of now are refused (``push.py``).
+        """
+        return pushing.push(
+            self.online,
+            self.offline,
+            self.registry.feature_view(view_name),
+            rows,
+            to_offline=to_offline,
+            idempotency_key=idempotency_key,
+            max_future_skew_s=self.config.features.max_future_skew_s,
+        )
+
+    def delete(self, view_name: str, entity_rows: list[dict[str, Any]]) -> int:
+        """Delete entities' online rows (every switchable snapshot); returns how many were served.
+
+        The offline history is kept; a later materialization can bring a row back only if it is
+        newer than the deleted one was.
+        """
+        return pushing.delete(self.online, self.registry.feature_view(view_name), entity_rows)

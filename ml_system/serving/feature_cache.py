@@ -14,7 +14,7 @@ from typing import Any
 
 from ml_system.features.materialize import watermark_key
 from ml_system.features.online import OnlineRow, OnlineStore
-from ml_system.features.online.base import BASE
+from ml_system.features.online.base import BASE, MetaChange
 from ml_system.serving.cache import MISSING, TTLCache
 
 
@@ -89,11 +89,25 @@ class CachingOnlineStore(OnlineStore):
     def read(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> list[OnlineRow | None]:
         return self.read_views([(view, keys)], snapshot)[0]
 
-    def write_batch(self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE) -> int:
-        return self.inner.write_batch(view, rows, snapshot)
+    def write_batch(
+        self, view: str, rows: list[tuple[str, int, int, list[Any]]], snapshot: str = BASE, *, fields: Sequence[str]
+    ) -> int:
+        return self.inner.write_batch(view, rows, snapshot, fields=fields)
+
+    def delete(self, view: str, keys: Sequence[str], snapshot: str = BASE) -> int:
+        return self.inner.delete(view, keys, snapshot)
 
     def drop_snapshot(self, snapshot: str) -> None:
         self.inner.drop_snapshot(snapshot)
+
+    def layout_fields(self, view: str, layout: bytes) -> tuple[str, ...] | None:
+        return self.inner.layout_fields(view, layout)
+
+    def meta_names(self) -> list[str]:
+        return self.inner.meta_names()
+
+    def update_meta(self, names: Sequence[str], change: MetaChange) -> None:
+        self.inner.update_meta(names, change)
 
     def get_meta(self, name: str) -> str | None:
         return self.inner.get_meta(name)

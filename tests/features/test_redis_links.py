@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from ml_system.errors import StoreUnavailableError
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.resp import RespLink, pack_command
 from tests.conftest import free_port, wait_for_port
@@ -51,7 +52,7 @@ def test_password_database_and_tls_reach_the_server(guarded_redis: tuple[int, in
     port, tls_port = guarded_redis
     prefix = f"t{uuid.uuid4().hex[:8]}"
     plain = RedisOnlineStore(f"redis://:{PASSWORD}@127.0.0.1:{port}/3", prefix=prefix)
-    plain.write_batch("v", [("a", 5, 5, [1.25, "x"])])
+    plain.write_batch("v", [("a", 5, 5, [1.25, "x"])], fields=["f", "g"])
     tls = RedisOnlineStore(f"rediss://:{PASSWORD}@127.0.0.1:{tls_port}/3?ssl_cert_reqs=none", prefix=prefix)
     for store in (plain, tls):
         (row,) = store.read_views([("v", ["a"])])[0]
@@ -78,10 +79,13 @@ def test_a_wrong_password_is_refused_with_the_servers_reason(guarded_redis: tupl
         store.close()
 
 
-def test_a_server_that_is_gone_is_a_connection_error() -> None:
-    store = RedisOnlineStore(f"redis://127.0.0.1:{free_port()}/0")
-    with pytest.raises(redis.ConnectionError):
+@pytest.mark.parametrize("fast_read_link", [True, False])
+def test_a_server_that_is_gone_is_unavailable(fast_read_link: bool) -> None:
+    store = RedisOnlineStore(f"redis://127.0.0.1:{free_port()}/0", fast_read_link=fast_read_link)
+    with pytest.raises(StoreUnavailableError, match="did not answer"):
         store.read_views([("v", ["a"])])
+    with pytest.raises(StoreUnavailableError):
+        store.write_batch("v", [("a", 1, 1, [1.0])], fields=["f"])
     store.close()
 
 
@@ -89,7 +93,7 @@ def test_a_server_that_is_gone_is_a_connection_error() -> None:
 def test_spinning_and_sleeping_reads_answer_alike(redis_url: str, spin_us: int) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     store = RedisOnlineStore(redis_url, prefix=prefix, read_spin_us=spin_us)
-    store.write_batch("v", [(str(i), i, i, [float(i), str(i)]) for i in range(500)])
+    store.write_batch("v", [(str(i), i, i, [float(i), str(i)]) for i in range(500)], fields=["f", "g"])
     rows = store.read_views([("v", [str(i) for i in range(0, 600, 3)])])[0]  # a reply of several TCP segments
     assert [None if r is None else r.values for r in rows] == [
         [float(i), str(i)] if i < 500 else None for i in range(0, 600, 3)

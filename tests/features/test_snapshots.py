@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 
 from ml_system.errors import StoreError
 from ml_system.features import DeltaSource, Entity, FeatureStore, FeatureView, Field
-from tests.conftest import make_config
+from tests.conftest import make_config, online_backend
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -35,12 +34,7 @@ def frame(column: str, day: str, value: float) -> pd.DataFrame:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
-    overrides = {}
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).flushdb()
-        overrides = {"MLSYS_ONLINE_STORE__TYPE": "redis", "MLSYS_ONLINE_STORE__REDIS_URL": url}
-    store = FeatureStore(make_config(tmp_path / "mlsys", **overrides))
+    store = FeatureStore(make_config(tmp_path / "mlsys", **online_backend(request.param, request)))
     for view in VIEWS:
         store.offline.write_pandas(view.name, frame(view.name, "2024-01-01", 1.0), mode="overwrite")
     store.apply([driver, *VIEWS])

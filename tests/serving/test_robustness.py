@@ -46,7 +46,9 @@ def robust_home(served_home: PlatformConfig, tmp_path_factory: pytest.TempPathFa
     shutil.copytree(served_home.home, home, ignore=shutil.ignore_patterns("ray_results"))
     config = make_config(home)
     online = FeatureStore(config).online
-    online.write_batch("planes", [(POISONED_TAIL, 0, 0, ["not a year", 100.0, 2.0])], online.active_snapshot())
+    fields = ("plane_year", "plane_seats", "plane_engines")
+    row = (POISONED_TAIL, 0, 0, ["not a year", 100.0, 2.0])
+    online.write_batch("planes", [row], online.active_snapshot(), fields=fields)
     return config
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from ml_system.config import OfflineStoreConfig
@@ -94,6 +94,33 @@ class OfflineStore:
     # ---- writing -------------------------------------------------------------------------------
     def write_pandas(self, table: str, df: pd.DataFrame, mode: str = "append") -> int:
         """Write from the driver (small tables, tests, pushes); returns the new version."""
+        self._commit(table, df, mode)
+        return self.version(table)
+
+    def append_once(self, table: str, df: pd.DataFrame, app_id: str) -> bool:
+        """Append ``df`` unless a commit carrying ``app_id`` is already in the table; returns whether it did.
+
+        The id is recorded as a Delta application transaction (``txn``, the protocol's way to make
+        writes idempotent: Spark's streaming sinks use it), read back from the table's snapshot
+        without scanning its log. Two concurrent writers of the same id conflict in Delta, and the
+        loser finds the winner's commit.
+        """
+        if self._committed(table, app_id):
+            return False
+        properties = CommitProperties(
+            custom_metadata={"mlsys.idempotency_key": app_id},
+            app_transactions=[Transaction(app_id, 1, int(datetime.now(UTC).timestamp() * 1000))],
+        )
+        return self._commit(table, df, "append", properties, app_id)
+
+    def _commit(
+        self,
+        table: str,
+        df: pd.DataFrame,
+        mode: str,
+        properties: CommitProperties | None = None,
+        app_id: str | None = None,
+    ) -> bool:
         self._prepare_write()
         data = pa.Table.from_pandas(df, preserve_index=False)
         for attempt in range(COMMIT_ATTEMPTS):
@@ -103,14 +130,25 @@ class OfflineStore:
                     data,
                     mode=mode,  # type: ignore[arg-type]
                     storage_options=self.storage_options,
+                    commit_properties=properties,
                 )
-                break
+                return True
             except CommitFailedError as exc:
                 # a writer that created the table at the same moment changed its protocol and metadata
-                # under this commit; the data files are written, only the log entry must be tried again
+                # under this commit, or one with the same application id won: the data files are
+                # written, only the log entry must be tried again (or not at all)
+                if app_id is not None and self._committed(table, app_id):
+                    return False
                 if attempt + 1 == COMMIT_ATTEMPTS:
                     raise StoreError(f"offline table '{table}': commit kept conflicting: {exc}") from exc
-        return self.version(table)
+        return False
+
+    def _committed(self, table: str, app_id: str) -> bool:
+        try:
+            dt = DeltaTable(self.table_uri(table), storage_options=self.storage_options)
+        except TableNotFoundError:
+            return False
+        return dt.transaction_version(app_id) is not None
 
     def write_dataset(self, table: str, ds: ray.data.Dataset, mode: str = "append") -> int:
         """Write from the cluster: each task writes parquet files, the driver commits once."""

@@ -18,7 +18,8 @@ thousand reads.
 It speaks what a production URL asks for: ``redis://`` and ``unix://``, user
 and password (``AUTH``), database (``SELECT``), ``socket_timeout`` and
 ``socket_connect_timeout``. TLS (``rediss://``) stays with redis-py's
-connections (``supports``).
+connections (``supports``). A call has one deadline for all of it (connect,
+send, every reply): a stalled server costs at most that, then ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -56,13 +57,12 @@ def supports(url: str) -> bool:
 class RespLink:
     """One connection, opened on first use and after a failure; one thread's, never shared."""
 
-    def __init__(self, url: str, spin_us: int = 0) -> None:
+    def __init__(self, url: str, spin_us: int = 0, timeout_s: float | None = None) -> None:
         options = parse_url(url)
         self._path: str | None = options.get("path")
         self._address = (str(options.get("host", "localhost")), int(options.get("port", 6379)))
-        timeout = options.get("socket_timeout")
-        self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
-        self._connect_timeout: float | None = options.get("socket_connect_timeout", timeout)
+        self._timeout_s: float | None = timeout_s if timeout_s is not None else options.get("socket_timeout")
+        self._connect_timeout: float | None = options.get("socket_connect_timeout", self._timeout_s)
         handshake: list[bytes] = []
         password, username = options.get("password"), options.get("username")
         if password is not None:
@@ -85,15 +85,21 @@ class RespLink:
     def _where(self) -> str:
         return self._path or f"{self._address[0]}:{self._address[1]}"
 
-    def _open(self) -> socket.socket:
+    def _open(self, deadline: float | None) -> socket.socket:
+        timeout = self._connect_timeout
+        if deadline is not None:
+            left = max(0.001, deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
         try:
             if self._path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self._connect_timeout)
+                sock.settimeout(timeout)
                 sock.connect(self._path)
             else:
-                sock = socket.create_connection(self._address, timeout=self._connect_timeout)
+                sock = socket.create_connection(self._address, timeout=timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"timed out connecting to Redis at {self._where()}") from exc
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis at {self._where()}: {exc}") from exc
         sock.setblocking(False)  # waits go through poll(2), so a spin never blocks
@@ -104,23 +110,28 @@ class RespLink:
         packed, steps = self._handshake
         if steps:
             try:
-                self.call(packed, steps, spin=False)  # an AUTH or SELECT error raises with Redis' own reason
+                self.call(packed, steps, spin=False, deadline=deadline)  # AUTH or SELECT errors keep Redis' reason
             except ResponseError:
                 self.close()
                 raise
         return sock
 
-    def call(self, packed: bytes, replies: int = 1, spin: bool = True) -> Any:
-        """Send ``packed`` (``replies`` commands) and return the last reply; error replies raise ``ResponseError``."""
-        sock = self._sock or self._open()
+    def call(self, packed: bytes, replies: int = 1, spin: bool = True, deadline: float | None = None) -> Any:
+        """Send ``packed`` (``replies`` commands) and return the last reply; error replies raise ``ResponseError``.
+
+        ``deadline`` (``time.monotonic()``) bounds the whole call; by default the link's timeout from now.
+        """
+        if deadline is None and self._timeout_s is not None:
+            deadline = time.monotonic() + self._timeout_s
+        sock = self._sock or self._open(deadline)
         reader = self._reader
         try:
-            self._send(sock, packed)
+            self._send(sock, packed, deadline)
             out: list[Any] = []
             while len(out) < replies:
                 reply = reader.gets()
                 if reply is False:
-                    reader.feed(self._receive(sock, spin))
+                    reader.feed(self._receive(sock, spin, deadline))
                     continue
                 out.append(reply)
         except TimeoutError as exc:
@@ -139,19 +150,28 @@ class RespLink:
                     raise item
         return last
 
-    def _send(self, sock: socket.socket, packed: bytes) -> None:
+    @staticmethod
+    def _wait_ms(deadline: float | None) -> int:
+        """Milliseconds left for one wait (-1: no deadline); none left is a timeout."""
+        if deadline is None:
+            return -1
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return max(1, int(left * 1000 + 0.999))
+
+    def _send(self, sock: socket.socket, packed: bytes, deadline: float | None) -> None:
         view = memoryview(packed)
         while view:
             try:
                 view = view[sock.send(view) :]
             except BlockingIOError:  # send buffer full (a very large request): wait until it drains
-                _, writable, _ = select.select(
-                    [], [sock], [], None if self._timeout_ms < 0 else self._timeout_ms / 1000
-                )
+                wait = self._wait_ms(deadline)
+                _, writable, _ = select.select([], [sock], [], None if wait < 0 else wait / 1000)
                 if not writable:
                     raise TimeoutError from None
 
-    def _receive(self, sock: socket.socket, spin: bool) -> bytes:
+    def _receive(self, sock: socket.socket, spin: bool, deadline: float | None) -> bytes:
         if spin and self._spin_ns:
             if self._paused:
                 self._paused -= 1
@@ -173,7 +193,7 @@ class RespLink:
             try:
                 return self._checked(sock.recv(_CHUNK))
             except BlockingIOError:
-                if not self._poll.poll(self._timeout_ms):
+                if not self._poll.poll(self._wait_ms(deadline)):
                     raise TimeoutError from None
 
     @staticmethod

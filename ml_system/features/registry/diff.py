@@ -1,7 +1,8 @@
 """Field-level differences between registered definitions and a definitions module.
 
 ``mlsys features plan`` shows these before ``apply`` writes them, so a
-reviewer sees "ttl_seconds: 3600 -> 7200" rather than two JSON blobs.
+reviewer sees "ttl_seconds: 3600 -> 7200" (or "schema order: [...] -> [...]")
+rather than two JSON blobs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _order_diff(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> list[str]:
+    """A change of field order (the schema is compared by name above, which cannot see it).
+
+    Order is part of a view's contract: online rows are laid out in it, and training
+    frames list features in it, so ``plan`` shows a reorder as a change of its own.
+    """
+    if not old or not new:
+        return []
+    before, after = [f["name"] for f in old], [f["name"] for f in new]
+    kept_before = [n for n in before if n in after]
+    kept_after = [n for n in after if n in before]
+    return [f"schema order: {before} -> {after}"] if kept_before != kept_after else []
+
+
 def field_diff(old: Any, new: Any, path: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         lines: list[str] = []
@@ -66,6 +81,7 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
                 changes.append(Change(label, name, "remove"))
             else:
                 lines = field_diff(_comparable(before[name]), _comparable(after[name]))
+                lines.extend(_order_diff(before[name].get("schema"), after[name].get("schema")))
                 if before[name].get("lifecycle") != after[name].get("lifecycle"):
                     lines.append(f"lifecycle: {before[name].get('lifecycle')} -> {after[name].get('lifecycle')}")
                 if lines:

@@ -144,7 +144,12 @@ def _odfvs(doc: dict[str, Any]) -> dict[str, OnDemandFeatureView]:
 
 def _entities(doc: dict[str, Any]) -> dict[str, Entity]:
     return {
-        n: Entity(name=n, join_keys=tuple(e["join_keys"]), description=e["description"])
+        n: Entity(
+            name=n,
+            join_keys=tuple(e["join_keys"]),
+            description=e["description"],
+            value_type=e.get("value_types", "string"),
+        )
         for n, e in doc["entities"].items()
     }
 
@@ -363,6 +368,8 @@ class Registry:
         for obj in objects:
             if isinstance(obj, Entity):
                 doc["entities"][obj.name] = {"join_keys": list(obj.join_keys), "description": obj.description}
+                if set(obj.key_types.values()) != {"string"}:  # recorded only when declared, so older documents match
+                    doc["entities"][obj.name]["value_types"] = obj.key_types
                 given["entities"].add(obj.name)
             elif isinstance(obj, FeatureView):  # its entities are checked with the whole document (_validate)
                 entry = _view_to_dict(obj)
