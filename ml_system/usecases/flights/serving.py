@@ -15,7 +15,8 @@ from ml_system.usecase import ServingSpec
 
 
 class Flight(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: what the schema documents, nothing it does not (no "123" for a number, no epoch seconds for a time)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     carrier: str = Field(pattern=r"^[A-Z0-9]{2}$", examples=["UA"])
     flight: int = Field(ge=1, le=9999, examples=[1545])
