@@ -150,7 +150,7 @@ def import_class(path: str, builtins: str) -> type:
     try:
         found = getattr(importlib.import_module(module), name, None)
     except ImportError as exc:
-        raise ValueError(f"cannot import backend module '{module}': {exc}") from exc
+        raise ValueError(f"backend class '{path}' cannot be imported: {exc}") from exc
     if not isinstance(found, type):
         raise ValueError(f"'{path}' names no class")
     return found

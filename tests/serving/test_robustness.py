@@ -151,18 +151,25 @@ def test_a_replica_with_an_empty_store_refuses_until_the_store_is_filled(
     assert httpx.get(f"{url}/info", timeout=30).json()["served_by"] == before
 
 
-def test_an_unexpected_failure_is_json_with_a_trace_id(
-    deploy: Deploy, served_home: PlatformConfig, demo_rows: list[dict[str, Any]], tmp_path: Any
+def test_a_server_side_failure_is_json_with_a_trace_id_and_counted_by_status(
+    fused_and_split: dict[str, str], demo_rows: list[dict[str, Any]]
 ) -> None:
-    """A store that breaks underneath (a table dropped by hand) gets a JSON problem, never plain text."""
-    import sqlite3
+    """The corrupt row again, alone: a 500 that is JSON with its trace id, in the request metric by status."""
+    import time
 
-    home = tmp_path / "mlsys"
-    shutil.copytree(served_home.home, home, ignore=shutil.ignore_patterns("ray_results"))
-    url = deploy("broken", home=str(home), user_config={"feature_cache_ttl_s": 0, "prediction_cache_ttl_s": 0})
-    assert httpx.post(f"{url}/predict", json={"flights": demo_rows[:1]}, timeout=30).status_code == 200
-    with sqlite3.connect(home / "online.db") as conn:
-        conn.execute("DROP TABLE fv_planes")
-    resp = httpx.post(f"{url}/predict", json={"flights": demo_rows[:1]}, timeout=30)
-    assert resp.status_code in (500, 503), resp.text
-    assert resp.headers["content-type"] == "application/json" and is_problem(resp)
+    import ray
+
+    url = fused_and_split["fused"]
+    bad = {"flights": [{**demo_rows[0], "tailnum": POISONED_TAIL}]}
+    resp = httpx.post(f"{url}/predict", json=bad, timeout=30)
+    assert resp.status_code == 500 and resp.headers["content-type"] == "application/json" and is_problem(resp)
+    ports = {n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]}
+    wanted = ('app="edge_fused"', 'route="/predict"', 'status="500"')
+    deadline = time.monotonic() + 90  # replicas report every few seconds
+    while time.monotonic() < deadline:
+        text = "\n".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in ports)
+        lines = [ln for ln in text.splitlines() if ln.startswith("ray_mlsys_serve_requests_total{")]
+        if any(all(w in ln for w in wanted) for ln in lines):
+            return
+        time.sleep(2)
+    raise AssertionError("no mlsys_serve_requests sample for the 500")

@@ -15,8 +15,7 @@ from ml_system.usecase import ServingSpec
 
 
 class Flight(BaseModel):
-    # strict: what the schema documents, nothing it does not (no "123" for a number, no epoch seconds for a time)
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     carrier: str = Field(pattern=r"^[A-Z0-9]{2}$", examples=["UA"])
     flight: int = Field(ge=1, le=9999, examples=[1545])
@@ -28,6 +27,22 @@ class Flight(BaseModel):
         examples=["2013-12-31T18:30:00-05:00"],
         json_schema_extra={"pattern": r"^(19|20|21)[0-9]{2}-"},
     )
+
+    @field_validator("sched_dep_time", mode="before")
+    @classmethod
+    def _a_text_time(cls, value: object) -> object:
+        # what the document says and nothing else: pydantic would also take epoch seconds here
+        if isinstance(value, (int, float)):
+            raise ValueError("give the time as an ISO-8601 string with its UTC offset, not a number")
+        return value
+
+    @field_validator("flight", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # ... and "123" or true here
+        if isinstance(value, (str, bool)):
+            raise ValueError("give the flight number as a JSON number")
+        return value
 
     @field_validator("sched_dep_time")
     @classmethod
