@@ -36,6 +36,7 @@ from ml_system.usecase import RollingSplit, TrainingSpec, UseCase
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_SEED = 7
+REFERENCE_SAMPLE = 2000
 
 
 @dataclass
@@ -272,6 +273,12 @@ def register(
             }
         )
         tracking.log_dict_artifact({"features": ts.features, **lineage, "rows": fitted.rows}, "training_set.json")
+        # what drift monitoring compares live predictions with (``pipelines.triggers``)
+        predicted = np.sort(predict(fitted.booster, test, ts.features))
+        sample = predicted[np.linspace(0, len(predicted) - 1, min(REFERENCE_SAMPLE, len(predicted))).astype(int)]
+        tracking.log_dict_artifact(
+            {"predictions": sample.tolist(), "rows": len(predicted)}, "prediction_reference.json"
+        )
         for trial in fitted.trials:
             with mlflow.start_run(experiment_id=exp_id, run_name=trial.trial_id, nested=True):
                 mlflow.log_params({k: v for k, v in trial.config.items() if not isinstance(v, list)})
