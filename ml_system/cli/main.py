@@ -482,5 +482,12 @@ def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
     console.print(table)
 
 
+# the noun modules use the helpers above, so they are registered last
+from ml_system.cli.pipeline import pipeline_app, reproduce  # noqa: E402
+
+app.add_typer(pipeline_app, name="pipeline")
+app.command("reproduce")(reproduce)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -108,3 +108,9 @@ def definitions_of(document: dict[str, Any], service: str) -> dict[str, Any]:
 
 def definitions_digest(document: dict[str, Any], service: str) -> str:
     return digest(definitions_of(document, service))
+
+
+def code_version_of(usecase: Any) -> dict[str, Any]:
+    """The code version of a use case's runs: the platform's sources and, if it lives elsewhere, its own."""
+    module = getattr(usecase.training_rows, "__module__", "") or ""
+    return code_version((module,) if module else ())

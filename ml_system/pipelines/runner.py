@@ -135,8 +135,7 @@ def run_pipeline(
         raise PipelineError(f"as-of time {as_of} has no UTC offset")
     params = params or RunParams()
     storage = open_storage(config)
-    module = getattr(usecase.training_rows, "__module__", "") or ""
-    code = fingerprint.code_version((module,) if module else ())
+    code = fingerprint.code_version_of(usecase)
     run_id = run_id or history.new_run_id(usecase.name)
     earlier = history.find(storage, run_id)
     as_of_text = as_of.isoformat() if as_of else None
@@ -199,7 +198,9 @@ def _watch(
             except Exception as exc:  # noqa: BLE001 - any step error ends up in the record, named
                 cause = _cause(exc)
                 if broken:
-                    rec.status, rec.error = "not_run", f"upstream step '{broken[0]}' failed"
+                    upstream = record.step(broken[0])
+                    root = upstream.error if upstream.status == "not_run" else f"upstream step '{broken[0]}' failed"
+                    rec.status, rec.error = "not_run", root
                 else:
                     rec.status = "failed"
                     rec.error = f"{type(cause).__name__}: {cause}"

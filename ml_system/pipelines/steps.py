@@ -103,12 +103,13 @@ def source_tables(store: FeatureStore, usecase: UseCase) -> list[str]:
 
 
 def ingest(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Build the offline tables when asked to or when one is missing; apply the definitions; pin versions."""
     config, usecase = ctx.config, ctx.usecase
     store = FeatureStore(config)
     missing = [t for t in source_tables(store, usecase) if not store.offline.exists(t)]
-    registered = usecase.feature_service in store.registry.feature_services()
-    built = bool(inputs["params"].get("rebuild")) or bool(missing) or not registered
-    if built:
+    unknown = not usecase.expectations and usecase.feature_service not in store.registry.feature_services()
+    rebuild = bool(inputs["params"].get("rebuild"))
+    if rebuild or missing or unknown:
         build_features(config, usecase)
     else:
         required = [load_usecase(name, config.usecases, check_all=False) for name in usecase.requires]
@@ -116,12 +117,9 @@ def ingest(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             store.apply(list(uc.definitions), by=f"pipeline:{ctx.run_id}")
     versions = {table: store.offline.version(table) for table in source_tables(store, usecase)}
     definitions = fingerprint.definitions_digest(store.registry.document(), usecase.feature_service)
-    why = "rebuilt on request" if inputs["params"].get("rebuild") else f"built: missing {missing}" if missing else ""
-    return {
-        "table_versions": versions,
-        "definitions": definitions,
-        "detail": {"built_features": built, "why": why, "registry_version": store.registry.version},
-    }
+    why = "rebuilt on request" if rebuild else f"missing {missing}" if missing else "first run" if unknown else ""
+    detail = {"built_features": bool(why), "why": why, "registry_version": store.registry.version}
+    return {"table_versions": versions, "definitions": definitions, "detail": detail}
 
 
 def validate(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,10 @@ def _column_schema(name: str, col: ColumnExpectation) -> pa.Column:
     checks = [pa.Check(lambda s, k=col.kind: bool(KIND_TESTS[k](s.dtype)), name=f"kind is {col.kind}")]
     if 0.0 < col.max_null_fraction < 1.0:
         frac = col.max_null_fraction
-        checks.append(pa.Check(lambda s, f=frac: bool(s.isna().mean() <= f), name=f"null fraction <= {frac:g}"))
+        null_check = pa.Check(
+            lambda s, f=frac: bool(s.isna().mean() <= f), name=f"null fraction <= {frac:g}", ignore_na=False
+        )
+        checks.append(null_check)
     if col.min_value is not None and col.max_value is not None:
         checks.append(pa.Check.in_range(col.min_value, col.max_value))
     elif col.min_value is not None:
