@@ -118,10 +118,11 @@ def reproduce(config: PlatformConfig, target: str, version: str | None = None) -
     after = predict(booster, test, ts.features)
     differing = int(np.sum(before != after))
     checks.append(Check("test predictions", f"{len(before)} rows", f"{differing} differ", differing == 0))
+    same_input = all(c.same for c in checks)
     return Reproduction(
         model=mv.name,
         version=mv.version,
-        identical=differing == 0 and len(before) == len(after),
+        identical=same_input and differing == 0 and len(before) == len(after),
         rows_compared=len(before),
         rows_differing=differing,
         max_abs_diff=float(np.max(np.abs(before - after))) if len(before) else 0.0,
