@@ -50,6 +50,7 @@ def _config(config: str | None, home: str | None) -> PlatformConfig:
                 "registry": cfg.registry.model_copy(update={"uri": ""}),
                 "online_store": cfg.online_store.model_copy(update={"path": ""}),
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
+                "pipelines": cfg.pipelines.model_copy(update={"uri": ""}),
             }
         )
         cfg = cfg.resolved()

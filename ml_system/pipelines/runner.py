@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import ray
@@ -113,8 +113,8 @@ def _fill(record: StepRecord, result: dict[str, Any]) -> None:
     record.inputs = result["inputs"]
     record.outputs = result["outputs"]
     record.detail = result["detail"]
-    record.started = datetime.fromtimestamp(result["started"]).astimezone().isoformat(timespec="milliseconds")
-    record.finished = datetime.fromtimestamp(result["finished"]).astimezone().isoformat(timespec="milliseconds")
+    record.started = datetime.fromtimestamp(result["started"], UTC).isoformat(timespec="milliseconds")
+    record.finished = datetime.fromtimestamp(result["finished"], UTC).isoformat(timespec="milliseconds")
     record.duration_s = round(result["finished"] - result["started"], 3)
 
 
