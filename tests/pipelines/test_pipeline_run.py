@@ -40,7 +40,10 @@ def test_a_run_registers_a_challenger_and_records_every_step(tiny_run: TinyRun) 
 def test_the_ray_dashboard_lists_each_step_as_a_named_task(tiny_run: TinyRun) -> None:
     from ray.util.state import list_tasks
 
-    names = {t.name for t in list_tasks(filters=[("name", "=", "pipeline:tiny:train")], limit=100)}
+    found = list_tasks(
+        filters=[("name", "=", "pipeline:tiny:train")], limit=100, timeout=120, raise_on_missing_output=False
+    )
+    names = {t.name for t in found}
     assert names == {"pipeline:tiny:train"}
     assert ray.is_initialized()
 
