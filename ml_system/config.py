@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from ml_system.config_pipelines import PipelinesConfig
 from ml_system.errors import ConfigError
 
 ENV_PREFIX = "MLSYS_"
@@ -339,6 +340,7 @@ class PlatformConfig(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
 
     def resolved(self) -> PlatformConfig:
         """Fill every empty location from ``home`` and make local paths absolute."""
@@ -358,6 +360,7 @@ class PlatformConfig(_Section):
         ml = data["mlflow"]
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
+        data["pipelines"]["uri"] = _absolute(data["pipelines"]["uri"] or str(home / "pipelines"))
         return PlatformConfig.model_validate(data)
 
     def node_local_locations(self, parts: Iterable[str]) -> list[str]:
@@ -377,6 +380,8 @@ class PlatformConfig(_Section):
                 found.append(f"online_store (sqlite) {self.online_store.path}")
             elif part == "home":
                 local("home", self.home)
+            elif part == "pipelines":
+                local("pipelines.uri", self.pipelines.local_path)
             elif part == "mlflow":
                 if self.mlflow.tracking_uri.startswith("sqlite:"):
                     local("mlflow.tracking_uri", self.mlflow.tracking_uri.split(":///", 1)[-1])

@@ -59,3 +59,19 @@ class UnscorableError(MLSystemError):
 
     def __str__(self) -> str:
         return f"row {self.index} cannot be scored: {self.reason}"
+
+
+class PipelineError(MLSystemError):
+    """A pipeline, a schedule or a run is invalid (a cycle, an unknown step or input) or has failed."""
+
+
+class DataValidationError(PipelineError):
+    """A batch of data broke its table's expectations; ``report`` says which checks failed, where."""
+
+    def __init__(self, message: str, report: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # raised inside a Ray task and re-raised on the driver: the report must survive pickling
+        return (type(self), (str(self), self.report))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the contract names these types; importing them would tie th
     from pydantic import BaseModel
 
     from ml_system.config import PlatformConfig
+    from ml_system.features.expectations import TableExpectations
 
 DEFAULT_USECASE = "flights"
 ENTRY_POINT_GROUP = "ml_system.usecases"
@@ -119,6 +120,44 @@ class Demo:
     requests: Callable[[PlatformConfig], list[dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class RollingSplit:
+    """How a training set built as of a moment is split: by trailing windows, not fixed dates.
+
+    The newest kept row (at or before the moment) anchors it: the ``test`` before it is the test
+    split, the ``valid`` before that validation, everything earlier training. A use case without
+    one keeps its own split column, and a run whose cut empties a split fails naming the split.
+    """
+
+    valid: timedelta
+    test: timedelta
+
+
+@dataclass(frozen=True)
+class PipelineStep:
+    """One step of a use case's retraining pipeline, declared by what it reads and what it makes.
+
+    ``fn(ctx, inputs) -> outputs`` gets a context (config, use case, run, artifact storage) and a
+    dict of the declared ``inputs``, and returns a dict holding exactly the declared ``outputs``
+    (JSON values; large results are written as artifacts and passed by location). A use case adds
+    steps, or replaces a default one by giving its name, in ``UseCase.pipeline_steps``; the
+    pipeline refuses unknown inputs and cycles before anything runs. With ``cache`` a step whose
+    inputs and code are unchanged is not run again: its recorded outputs are used.
+    ``retry_exceptions`` are the exception types worth another attempt (up to ``max_retries``);
+    anything else fails the run at once.
+    """
+
+    name: str
+    fn: Callable[[Any, dict[str, Any]], dict[str, Any]]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    cache: bool = True
+    max_retries: int = 2
+    retry_exceptions: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+    num_cpus: float = 1.0
+    description: str = ""
+
+
 _REQUIRED = ("name", "model_name", "definitions", "feature_service", "training_rows", "training", "serving")
 
 
@@ -145,6 +184,12 @@ class UseCase:
     demo: Demo | None = None
     requires: tuple[str, ...] = ()
     description: str = ""
+    expectations: Sequence[TableExpectations] = ()
+    """What good data in the use case's source tables looks like; checked before every retraining."""
+    pipeline_steps: tuple[PipelineStep, ...] = ()
+    """Steps added to the default retraining pipeline, or replacing a default step of the same name."""
+    rolling_split: RollingSplit | None = None
+    """The split of training sets built as of a moment (scheduled runs, backfills)."""
 
     @property
     def app_name(self) -> str:

@@ -38,6 +38,7 @@ def cli_config(config: str | None, home: str | None) -> PlatformConfig:
                 if cfg.online_store.type == "sqlite"
                 else cfg.online_store,
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
+                "pipelines": cfg.pipelines.model_copy(update={"uri": ""}),
             }
         )
         cfg = cfg.resolved()

@@ -24,6 +24,7 @@ from ml_system.cli.common import (
 )
 from ml_system.cli.features import features_app
 from ml_system.cli.models import models_app
+from ml_system.cli.pipeline import pipeline_app, reproduce
 from ml_system.cli.serve import serve_app
 from ml_system.errors import MLSystemError
 
@@ -31,6 +32,8 @@ app = typer.Typer(help="ml_system: features, training and serving on one Ray clu
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
+app.add_typer(pipeline_app, name="pipeline")
+app.command("reproduce")(reproduce)
 
 __all__ = ["app", "console", "err", "main"]
 
@@ -111,6 +114,13 @@ def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
             paths[uc.name],
         )  # fmt: skip
     console.print(table)
+
+
+# the noun modules use the helpers above, so they are registered last
+from ml_system.cli.pipeline import pipeline_app, reproduce  # noqa: E402
+
+app.add_typer(pipeline_app, name="pipeline")
+app.command("reproduce")(reproduce)
 
 
 def main() -> None:  # pragma: no cover - console entry point

