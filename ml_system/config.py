@@ -78,6 +78,13 @@ class ServingConfig(_Section):
     max_rows_per_request: int = 1000
 
 
+class TeamsConfig(_Section):
+    resource_groups: str = "cluster/resource_groups.yaml"
+    """Teams, quotas and priorities (``docs/teams.md``); a relative path is read from the working directory."""
+    state_dir: str = ""
+    """Admission ledger, experiment queue and token hashes (default ``<home>/teams``)."""
+
+
 class PlatformConfig(_Section):
     home: str = ""
     usecases: dict[str, str] = Field(default_factory=dict)
@@ -89,6 +96,7 @@ class PlatformConfig(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    teams: TeamsConfig = Field(default_factory=TeamsConfig)
 
     def resolved(self) -> PlatformConfig:
         """Fill every empty location from ``home`` and make local paths absolute."""
@@ -105,6 +113,9 @@ class PlatformConfig(_Section):
         ml = data["mlflow"]
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
+        teams = data["teams"]
+        teams["resource_groups"] = _absolute(teams["resource_groups"])
+        teams["state_dir"] = _absolute(teams["state_dir"] or str(home / "teams"))
         return PlatformConfig.model_validate(data)
 
 

@@ -47,3 +47,15 @@ class UseCaseError(MLSystemError):
 
 class StoreUnavailableError(StoreError):
     """A store did not answer within its deadline or could not be reached; retrying later may work."""
+
+
+class TeamError(MLSystemError):
+    """A resource group, team or quota is invalid, unknown, or cannot hold what was asked of it."""
+
+
+class AuthenticationError(MLSystemError):
+    """A team token is missing, wrong, or belongs to another team; nothing was changed."""
+
+
+class AdmissionError(MLSystemError):
+    """The admission queue refused or lost a request (unknown request, cancelled, cluster unreachable)."""
