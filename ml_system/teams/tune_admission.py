@@ -159,13 +159,13 @@ class TrialGate:
             asked = self.states.get(lease) in ("reclaim", "released")
             if trial.status in _DONE or (trial.status == Trial.PAUSED and (asked or trial.trial_id in self.pausing)):
                 self._give_back(trial.trial_id)
-            elif asked and trial.status == Trial.RUNNING:
+            elif asked and trial.status in (Trial.RUNNING, Trial.PENDING):
                 since = self.pausing.get(trial.trial_id)
                 if since is None:
                     self.pausing[trial.trial_id] = now
                     self.preempted.append(trial.trial_id)
-                    print("PAUSE issued", trial.trial_id, time.time(), flush=True)
-                    controller.pause_trial(trial)
+                    # a trial still starting has nothing to save: it stops now and starts afresh later
+                    controller.pause_trial(trial, should_checkpoint=trial.status == Trial.RUNNING)
                 elif now - since > self.give_back_s:
                     controller.pause_trial(trial, should_checkpoint=False)
 
