@@ -158,14 +158,17 @@ class TrialGate:
                 continue
             asked = self.states.get(lease) in ("reclaim", "released")
             if trial.status in _DONE or (trial.status == Trial.PAUSED and (asked or trial.trial_id in self.pausing)):
+                # a paused trial holds nothing: Tune stopped its actor and keeps its last checkpoint
                 self._give_back(trial.trial_id)
-            elif asked and trial.status in (Trial.RUNNING, Trial.PENDING):
+            elif asked and trial.status == Trial.PENDING:
+                # still starting: nothing to save, it stops now (Tune ignores this until the trial is staged)
+                controller.pause_trial(trial, should_checkpoint=False)
+            elif asked and trial.status == Trial.RUNNING:
                 since = self.pausing.get(trial.trial_id)
                 if since is None:
                     self.pausing[trial.trial_id] = now
                     self.preempted.append(trial.trial_id)
-                    # a trial still starting has nothing to save: it stops now and starts afresh later
-                    controller.pause_trial(trial, should_checkpoint=trial.status == Trial.RUNNING)
+                    controller.pause_trial(trial)
                 elif now - since > self.give_back_s:
                     controller.pause_trial(trial, should_checkpoint=False)
 
