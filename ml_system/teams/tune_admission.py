@@ -55,6 +55,10 @@ class TrialAdmission:
     cancelled: Callable[[], bool] | None = None
     checkpoint_every: int = 10
     """Boosting rounds between trial checkpoints: what a preempted trial may lose."""
+    spent_cpu_seconds: float = 0.0
+    """Written when the search ends: CPU-seconds its trials held."""
+    preempted_trials: list[str] = field(default_factory=list)
+    """Written when the search ends: trials paused to give borrowed quota back."""
 
 
 class TrialGate:
@@ -192,6 +196,8 @@ class TrialGate:
             self.client.release(request)
         self.resume_requests.clear()
         self.new_request = None
+        self.admission.spent_cpu_seconds = self.used_cpu_s
+        self.admission.preempted_trials = list(self.preempted)
 
 
 class AdmittedVariantGenerator(BasicVariantGenerator):
