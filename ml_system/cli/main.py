@@ -6,22 +6,19 @@ reason (no traceback), a usage error exits 2 (typer's convention).
 
 from __future__ import annotations
 
-import functools
 import importlib
 import socket
 import sys
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ml_system.config import PlatformConfig, load_config
+from ml_system.cli.common import ConfigOpt, HomeOpt, UseCaseOpt, console, err, fails_cleanly
+from ml_system.cli.common import cli_config as _config
+from ml_system.config import PlatformConfig
 from ml_system.errors import MLSystemError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(help="ml_system: features, training and serving on one Ray cluster.", no_args_is_help=True)
 features_app = typer.Typer(help="Feature definitions, registry and materialization.", no_args_is_help=True)
@@ -30,44 +27,6 @@ models_app = typer.Typer(help="Registered model versions (MLflow).", no_args_is_
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 features_app.add_typer(snapshot_app, name="snapshot")
-
-# Piped output (logs, CI, tests) gets wide tables rather than Rich's 80-column wrap.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: $MLSYS_CONFIG or ./mlsys.yaml)")
-HomeOpt = typer.Option(None, "--home", help="Platform state folder (default: $MLSYS_HOME or ~/.mlsys)")
-UseCaseOpt = typer.Option(None, "--usecase", "-u", help="Use case by name (default: flights; `mlsys usecases`)")
-
-
-def _config(config: str | None, home: str | None) -> PlatformConfig:
-    cfg = load_config(config)
-    if home:
-        cfg = cfg.model_copy(
-            update={
-                "home": home,
-                "offline_store": cfg.offline_store.model_copy(update={"uri": ""}),
-                "registry": cfg.registry.model_copy(update={"uri": ""}),
-                "online_store": cfg.online_store.model_copy(update={"path": ""}),
-                "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
-            }
-        )
-        cfg = cfg.resolved()
-    return cfg
-
-
-def fails_cleanly(fn: F) -> F:
-    """Turn platform errors into one line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MLSystemError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _parse_time(value: str, name: str) -> datetime:
@@ -480,6 +439,17 @@ def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
             paths[uc.name],
         )  # fmt: skip
     console.print(table)
+
+
+def _add_command_modules() -> None:
+    """Nouns with a module of their own (``cli/<noun>.py``), registered after the commands above."""
+    from ml_system.cli import experiments, groups
+
+    app.add_typer(groups.app, name="groups")
+    app.add_typer(experiments.app, name="experiments")
+
+
+_add_command_modules()
 
 
 def main() -> None:  # pragma: no cover - console entry point

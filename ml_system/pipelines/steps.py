@@ -11,6 +11,7 @@ from datetime import datetime
 
 from ml_system.config import PlatformConfig
 from ml_system.features import FeatureStore
+from ml_system.teams.tune_admission import TrialAdmission
 from ml_system.training.trainer import TrainReport, train_usecase
 from ml_system.usecase import UseCase, load_usecase
 
@@ -39,6 +40,7 @@ def train(
     num_boost_round: int | None = None,
     on_trial_done: Callable[[str, float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    admission: TrialAdmission | None = None,
 ) -> TrainReport:
     return train_usecase(
         config,
@@ -47,6 +49,7 @@ def train(
         num_boost_round=num_boost_round,
         on_trial_done=on_trial_done,
         on_stage=on_stage,
+        admission=admission,
     )
 
 

@@ -307,6 +307,15 @@ class AdmissionClient:
         client.groups = parse_groups(live)
         return client
 
+    @classmethod
+    def attach(cls, state_dir: str | Path) -> AdmissionClient:
+        """The queue already running for ``state_dir`` (a job's driver, a Tune run inside a job)."""
+        try:
+            handle = ray.get_actor(actor_name(state_dir), namespace=NAMESPACE)
+        except ValueError:
+            raise AdmissionError(f"no admission queue runs for {state_dir}; `mlsys groups status` starts one") from None
+        return cls(handle, parse_groups(ray.get(handle.status.remote(), timeout=60)["groups"]))
+
     def submit(
         self,
         team: str,
