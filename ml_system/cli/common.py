@@ -53,7 +53,7 @@ def fails_cleanly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MLSystemError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, however long
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -13,14 +13,15 @@ says nothing about which stored hash came close.
 
 Hashes come from two places: the ``token_sha256`` lists of ``resource_groups.yaml`` (for
 clusters configured from Git) and ``tokens.json`` in the teams state folder, written by
-``mlsys groups token issue``. A refused token is logged with a short prefix of its hash (never
-the token) and changes nothing.
+``mlsys groups token issue``. A refused token changes nothing; it is logged, and appended to
+``refusals.log`` beside the hashes, with a short prefix of its hash (never the token).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import uuid
@@ -86,6 +87,15 @@ class TokenStore:
         update_json(self.path, {"tokens": []}, lambda doc: doc["tokens"].append(asdict(record)))
         return record, token
 
+    def refused(self, reason: str, presented_sha256: str | None) -> None:
+        """Append a refusal to ``refusals.log`` (JSON lines): when, why, and a short hash prefix, never the token."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason}
+        if presented_sha256:
+            line["sha256_prefix"] = presented_sha256[:8]
+        with open(self.path.with_name("refusals.log"), "a") as out:
+            out.write(json.dumps(line) + "\n")
+
     def revoke(self, token_id: str) -> TokenRecord:
         def drop(doc: dict[str, list[dict[str, str]]]) -> TokenRecord:
             for i, row in enumerate(doc["tokens"]):
@@ -106,7 +116,7 @@ def _known_hashes(groups: ResourceGroups, store: TokenStore | None) -> list[tupl
 def authenticate(token: str | None, groups: ResourceGroups, store: TokenStore | None = None) -> Team:
     """The team ``token`` belongs to, or ``AuthenticationError`` (logged; nothing else happens)."""
     if not token:
-        log.warning("refused: no team token presented")
+        _refuse(store, "no token", None)
         raise AuthenticationError(f"no team token: set {TOKEN_ENV} to a token of your team")
     presented = hash_token(token)
     owner: str | None = None
@@ -115,7 +125,7 @@ def authenticate(token: str | None, groups: ResourceGroups, store: TokenStore | 
         if hmac.compare_digest(stored, presented) and owner is None:
             owner = team
     if owner is None or owner not in groups.teams:
-        log.warning("refused: unknown team token (sha256 %s...)", presented[:8])
+        _refuse(store, "unknown token", presented)
         raise AuthenticationError("the team token is not valid (revoked, mistyped, or of a team that was removed)")
     return Team(owner, groups.teams[owner].priority)
 
@@ -125,6 +135,12 @@ def authorize(token: str | None, team: str, groups: ResourceGroups, store: Token
     groups.team(team)
     who = authenticate(token, groups, store)
     if who.name != team:
-        log.warning("refused: a token of team '%s' acting for team '%s'", who.name, team)
+        _refuse(store, f"a token of team '{who.name}' acting for team '{team}'", None)
         raise AuthenticationError(f"the token belongs to team '{who.name}', not '{team}'; nothing was changed")
     return who
+
+
+def _refuse(store: TokenStore | None, reason: str, presented: str | None) -> None:
+    log.warning("team token refused: %s%s", reason, f" (sha256 {presented[:8]}...)" if presented else "")
+    if store is not None:
+        store.refused(reason, presented)
