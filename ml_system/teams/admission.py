@@ -71,6 +71,16 @@ def _live_placement_groups() -> set[str]:
     return {pg_id for pg_id, info in table.items() if info.get("state") != "REMOVED"}
 
 
+def _serve_applications() -> set[str] | None:
+    """Applications Serve runs now; None when that cannot be told (then nothing is released for it)."""
+    try:
+        from ray import serve
+
+        return set(serve.status().applications)
+    except Exception:  # noqa: BLE001 - Serve not started, or its controller restarting
+        return None
+
+
 def _remove_placement_group(pg_id: str) -> None:
     from ray.util.placement_group import PlacementGroup
 
@@ -143,7 +153,9 @@ class AdmissionQueue:
     def _reap(self, now: float) -> bool:
         """Release what nothing holds any more; drop requests of drivers that exited."""
         dead = _dead_jobs()
-        live_pgs = _live_placement_groups() if any("pg" in x.holder for x in self.ledger.leases.values()) else set()
+        holders = [x.holder for x in self.ledger.leases.values()]
+        live_pgs = _live_placement_groups() if any("pg" in h for h in holders) else set()
+        apps = _serve_applications() if any("serve" in h for h in holders) else None
         gone = [r.id for r in self.ledger.waiting.values() if r.owner_job in dead]
         for rid in gone:
             self.ledger.cancel(rid)
@@ -155,6 +167,7 @@ class AdmissionQueue:
                 or ("job" in holder and holder["job"] in dead)
                 or (not holder and lease.request.owner_job in dead)
                 or ("submission" in holder and now - lease.granted_at > BIND_TIMEOUT_S)
+                or ("serve" in holder and apps is not None and holder["serve"] not in apps)
             ):
                 self.ledger.release(lease.id, now)
                 released.append(lease.id)

@@ -63,7 +63,7 @@ class Lease:
     lender: str | None = None
     """Whose quota it runs on when borrowed; None on the team's own quota."""
     holder: dict[str, str] = field(default_factory=dict)
-    """What keeps it alive: ``{"pg": id}``, ``{"job": id}`` or ``{"submission": id}``."""
+    """What keeps it alive: ``{"pg": id}``, ``{"job": id}``, ``{"submission": id}`` or ``{"serve": app}``."""
     reclaim_at: float | None = None
 
     @property
