@@ -12,10 +12,9 @@ import typer
 from rich.table import Table
 
 from ml_system.cli.common import ConfigOpt, HomeOpt, UseCaseOpt, cli_config, console, fails_cleanly
-from ml_system.cli.groups import GroupsOpt, TeamOpt, TokenOpt, admission_client, read_groups
+from ml_system.cli.groups import GroupsOpt, TeamOpt, TokenOpt, acting_for, admission_client
 from ml_system.errors import TeamError
 from ml_system.teams.experiments import HypothesisQueue, parse_request
-from ml_system.teams.identity import TokenStore, authorize
 
 app = typer.Typer(help="Hypothesis queue: experiments per team, run in priority order on the team's quota.")
 
@@ -62,9 +61,7 @@ def experiments_submit(
     """Queue an experiment for TEAM (its token in $MLSYS_TEAM_TOKEN)."""
     from ml_system.pipelines.steps import usecase_for
 
-    cfg = cli_config(config, home)
-    parsed = read_groups(cfg, groups)
-    authorize(token, team, parsed, TokenStore(cfg.teams.state_dir))
+    cfg, parsed = acting_for(team, token, groups, config, home)
     uc = usecase_for(cfg, usecase)
     request = parse_request(
         {
@@ -122,9 +119,7 @@ def experiments_cancel(
     home: str | None = HomeOpt,
 ) -> None:
     """Cancel a queued experiment, or stop a running one at its next check (team token required)."""
-    cfg = cli_config(config, home)
-    parsed = read_groups(cfg, groups)
-    authorize(token, team, parsed, TokenStore(cfg.teams.state_dir))
+    cfg, _ = acting_for(team, token, groups, config, home)
     record = HypothesisQueue(cfg.teams.state_dir).cancel(experiment_id, team)
     what = "cancelled" if record["state"] == "cancelled" else "asked to stop (it is running)"
     console.print(f"{experiment_id} of team {team}: {what}")
@@ -143,9 +138,7 @@ def experiments_run(
     """Run TEAM's queued experiments in priority order, each a Tune search on the team's quota."""
     from ml_system.pipelines.experiments import run_queue
 
-    cfg = cli_config(config, home)
-    parsed = read_groups(cfg, groups)
-    authorize(token, team, parsed, TokenStore(cfg.teams.state_dir))
+    cfg, parsed = acting_for(team, token, groups, config, home)
     client = admission_client(cfg, parsed)
 
     def started(record: dict[str, Any]) -> None:

@@ -30,6 +30,16 @@ def read_groups(cfg: PlatformConfig, path: str | None) -> ResourceGroups:
     return load_groups(path or cfg.teams.resource_groups)
 
 
+def acting_for(
+    team: str, token: str | None, groups: str | None, config: str | None, home: str | None
+) -> tuple[PlatformConfig, ResourceGroups]:
+    """Config and groups of a command that acts for ``team``, once its token is checked."""
+    cfg = cli_config(config, home)
+    parsed = read_groups(cfg, groups)
+    authorize(token, team, parsed, TokenStore(cfg.teams.state_dir))
+    return cfg, parsed
+
+
 def admission_client(cfg: PlatformConfig, groups: ResourceGroups) -> AdmissionClient:
     """Connect to the cluster and its admission queue (started with ``groups`` if none runs)."""
     from ml_system.cluster import connect, quiet
@@ -123,9 +133,7 @@ def groups_submit(
     entrypoint = list(ctx.args)
     if not entrypoint:
         raise typer.BadParameter("give the job's entrypoint after --, e.g. -- python jobs/train.py")
-    cfg = cli_config(config, home)
-    parsed = read_groups(cfg, groups)
-    authorize(token, team, parsed, TokenStore(cfg.teams.state_dir))
+    cfg, parsed = acting_for(team, token, groups, config, home)
     client = admission_client(cfg, parsed)
     sid = submit_job(
         client,
