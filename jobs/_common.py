@@ -2,6 +2,7 @@
 
 Under ``ray job submit`` the entrypoint runs on the cluster with ``RAY_ADDRESS``
 set, so ``connect`` attaches to that cluster; run directly, it starts a local one.
+A job submitted for a team (``mlsys groups submit``) binds its admission lease to itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ml_system.cluster import connect, quiet
 from ml_system.config import PlatformConfig, load_config
 from ml_system.errors import MLSystemError
 from ml_system.pipelines.steps import usecase_for
+from ml_system.teams.jobs import claim_job_lease
 from ml_system.usecase import UseCase
 
 
@@ -33,5 +35,9 @@ def setup(
         parser.exit(2, f"error: {exc}\n")
     quiet()
     connect(config.ray)
+    try:
+        claim_job_lease(config.teams.state_dir)  # a team's job (`mlsys groups submit`) holds its lease from here
+    except MLSystemError as exc:
+        parser.exit(1, f"error: {exc}\n")
     print(f"platform home: {config.home}, use case: {usecase.name}", flush=True)
     return args, config, usecase

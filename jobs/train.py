@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import setup
 
 from ml_system.pipelines import steps
+from ml_system.teams.jobs import team_admission_from_env
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
         usecase,
         num_samples=args.trials,
         num_boost_round=args.rounds,
+        admission=team_admission_from_env(config.teams.state_dir),  # a team's job trains on its quota
         on_trial_done=lambda trial, value: print(
             f"trial {trial}: valid {usecase.training.metric} {value:.4f}", flush=True
         ),

@@ -56,9 +56,10 @@ def connect(config: RayConfig) -> str:
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=False)
+            # attaching prints two INFO lines on stderr, which would break a command's one-line error
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         elif _local_cluster_alive():
-            ray.init(address="auto", log_to_driver=False)
+            ray.init(address="auto", log_to_driver=False, logging_level=logging.WARNING)
             log.info("attached to the running local Ray cluster")
         else:
             ray.init(

@@ -329,6 +329,13 @@ class ServingConfig(_Section):
     max_rows_per_request: int = 1000
 
 
+class TeamsConfig(_Section):
+    resource_groups: str = "cluster/resource_groups.yaml"
+    """Teams, quotas and priorities (``docs/teams.md``); a relative path is read from the working directory."""
+    state_dir: str = ""
+    """Admission ledger, experiment queue and token hashes (default ``<home>/teams``)."""
+
+
 class PlatformConfig(_Section):
     home: str = ""
     usecases: dict[str, str] = Field(default_factory=dict)
@@ -341,6 +348,7 @@ class PlatformConfig(_Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
+    teams: TeamsConfig = Field(default_factory=TeamsConfig)
 
     def resolved(self) -> PlatformConfig:
         """Fill every empty location from ``home`` and make local paths absolute."""
@@ -361,6 +369,9 @@ class PlatformConfig(_Section):
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
         data["pipelines"]["uri"] = _absolute(data["pipelines"]["uri"] or str(home / "pipelines"))
+        teams = data["teams"]
+        teams["resource_groups"] = _absolute(teams["resource_groups"])
+        teams["state_dir"] = _absolute(teams["state_dir"] or str(home / "teams"))
         return PlatformConfig.model_validate(data)
 
     def node_local_locations(self, parts: Iterable[str]) -> list[str]:

@@ -75,3 +75,13 @@ class DataValidationError(PipelineError):
     def __reduce__(self) -> tuple[object, ...]:
         # raised inside a Ray task and re-raised on the driver: the report must survive pickling
         return (type(self), (str(self), self.report))
+class TeamError(MLSystemError):
+    """A resource group, team or quota is invalid, unknown, or cannot hold what was asked of it."""
+
+
+class AuthenticationError(MLSystemError):
+    """A team token is missing, wrong, or belongs to another team; nothing was changed."""
+
+
+class AdmissionError(MLSystemError):
+    """The admission queue refused or lost a request (unknown request, cancelled, cluster unreachable)."""

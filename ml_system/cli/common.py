@@ -39,6 +39,7 @@ def cli_config(config: str | None, home: str | None) -> PlatformConfig:
                 else cfg.online_store,
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
                 "pipelines": cfg.pipelines.model_copy(update={"uri": ""}),
+                "teams": cfg.teams.model_copy(update={"state_dir": ""}),
             }
         )
         cfg = cfg.resolved()
@@ -53,7 +54,7 @@ def fails_cleanly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MLSystemError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, however long
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

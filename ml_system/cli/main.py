@@ -11,7 +11,11 @@ import sys
 import typer
 from rich.table import Table
 
-from ml_system.cli import online_data  # noqa: F401 - registers `features delete` and `features snapshot gc`
+from ml_system.cli import (
+    experiments,
+    groups,
+    online_data,  # noqa: F401 - registers `features delete` and `features snapshot gc`
+)
 from ml_system.cli.common import (
     ConfigOpt,
     HomeOpt,
@@ -33,6 +37,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(groups.app, name="groups")
+app.add_typer(experiments.app, name="experiments")
 app.command("reproduce")(reproduce)
 
 __all__ = ["app", "console", "err", "main"]
@@ -120,6 +126,8 @@ def usecases_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
 from ml_system.cli.pipeline import pipeline_app, reproduce  # noqa: E402
 
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(groups.app, name="groups")
+app.add_typer(experiments.app, name="experiments")
 app.command("reproduce")(reproduce)
 
 

@@ -23,6 +23,7 @@ from ml_system.errors import ModelNotFoundError, PipelineError
 from ml_system.features import FeatureStore
 from ml_system.pipelines import fingerprint, validation
 from ml_system.pipelines.context import StepContext, parse_as_of
+from ml_system.teams.tune_admission import TrialAdmission
 from ml_system.training import mlflow_model, tracking, trainer
 from ml_system.training.evaluate import predict, score
 from ml_system.training.trainer import TrainReport, train_usecase
@@ -54,6 +55,7 @@ def train(
     num_boost_round: int | None = None,
     on_trial_done: Callable[[str, float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    admission: TrialAdmission | None = None,
 ) -> TrainReport:
     return train_usecase(
         config,
@@ -62,6 +64,7 @@ def train(
         num_boost_round=num_boost_round,
         on_trial_done=on_trial_done,
         on_stage=on_stage,
+        admission=admission,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,7 @@ from ml_system.config import PlatformConfig
 from ml_system.errors import UseCaseError
 from ml_system.features import FeatureStore
 from ml_system.features.definitions import parse_ref
+from ml_system.teams.tune_admission import TrialAdmission
 from ml_system.training import mlflow_model, tracking
 from ml_system.training.evaluate import baseline_score, predict, score
 from ml_system.training.model_artifact import ModelSpec
@@ -136,8 +137,15 @@ def train_usecase(
     alias: str | None = tracking.CHAMPION,
     on_trial_done: Callable[[str, float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    search_space: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    admission: TrialAdmission | None = None,
 ) -> TrainReport:
-    """Train, evaluate and register the use case's model; the registry records it as a consumer."""
+    """Train, evaluate and register the use case's model; the registry records it as a consumer.
+
+    ``search_space`` overrides parts of the use case's space (an experiment's hypothesis); ``tags``
+    go on the MLflow run and the model version; ``admission`` runs the trials on a team's quota.
+    """
     store = FeatureStore(config)
     if on_stage:
         on_stage("point-in-time join")
@@ -156,6 +164,9 @@ def train_usecase(
         num_boost_round=num_boost_round or usecase.training.num_boost_round,
         alias=alias,
         on_trial_done=on_trial_done,
+        search_space=search_space,
+        tags=tags,
+        admission=admission,
     )
     # the feature registry must know this model reads the service's views before any is retired
     store.registry.record_consumer(usecase.feature_service, report.model_name, report.model_version, by="training")
@@ -188,11 +199,15 @@ def fit(
     num_boost_round: int,
     seed: int = DEFAULT_SEED,
     on_trial_done: Callable[[str, float], None] | None = None,
+    search_space: Mapping[str, Any] | None = None,
+    admission: TrialAdmission | None = None,
 ) -> Fit:
-    """Tune on train/valid, score the winner and the baseline on test."""
+    """Tune on train/valid, score the winner and the baseline on test (on a team's quota with ``admission``)."""
     # Tune keeps trial checkpoints under home and MLflow the model: trials and replicas on other nodes read them
     refuse_node_local("train and register a model", config.node_local_locations(("mlflow", "home")))
     train, valid, test = (ts.split(name) for name in SPLITS)
+    # one folder per search: two teams' experiments on one model run side by side
+    search_name = "tune" if admission is None else admission.group or admission.team
     for name, part in zip(SPLITS, (train, valid, test), strict=True):
         if part.empty:
             raise UseCaseError(f"use case '{usecase}': the {name} split is empty")
@@ -204,13 +219,14 @@ def fit(
         objective=spec.objective,
         metric=spec.metric,
         mode=spec.mode,
-        space=spec.search_space,
+        space={**spec.search_space, **(search_space or {})},
         num_samples=num_samples,
         num_boost_round=num_boost_round,
         storage_path=f"{config.home}/ray_results",
-        experiment_name=f"{model_name}_tune",
+        experiment_name=f"{model_name}_{search_name}",
         seed=seed,
         on_trial_done=on_trial_done,
+        admission=admission,
     )
     truth = test[ts.label].to_numpy()
     return Fit(
@@ -332,6 +348,9 @@ def train_and_register(
     num_boost_round: int,
     alias: str | None,
     on_trial_done: Callable[[str, float], None] | None = None,
+    search_space: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    admission: TrialAdmission | None = None,
 ) -> TrainReport:
     fitted = fit(
         config,
@@ -342,6 +361,8 @@ def train_and_register(
         num_samples=num_samples,
         num_boost_round=num_boost_round,
         on_trial_done=on_trial_done,
+        search_space=search_space,
+        admission=admission,
     )
     return register(
         config,
@@ -352,4 +373,5 @@ def train_and_register(
         feature_service=feature_service,
         model_name=model_name,
         alias=alias,
+        extra_tags=dict(tags or {}),
     )

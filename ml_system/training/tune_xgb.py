@@ -5,6 +5,10 @@ the data fits one worker, so each trial is a function trainable calling
 ``xgboost.train`` with Tune's report callback, one CPU each, pruned by ASHA.
 ASHA's ``max_t`` stays above the number of boosting rounds so the surviving
 trials end on their own and write their final checkpoint.
+
+A search for a team (``admission``) creates each trial on a lease of the team's quota and
+checkpoints every ``checkpoint_every`` rounds; a trial preempted to give borrowed quota back
+resumes from its last checkpoint with the rounds it still had to run (``ml_system.teams.tune_admission``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ import xgboost as xgb
 from ray import tune
 from ray.tune.integration.xgboost import TuneReportCheckpointCallback
 from ray.tune.schedulers import ASHAScheduler
+
+from ml_system.teams.tune_admission import (
+    AdmittedScheduler,
+    AdmittedVariantGenerator,
+    BudgetStopper,
+    TrialAdmission,
+    TrialGate,
+)
 
 # What a use case's search space is merged over: the objective and metric come from its model spec.
 DEFAULT_SPACE: dict[str, Any] = {
@@ -62,10 +74,12 @@ def train_once(
     data: dict[str, Any],
     num_boost_round: int,
     callbacks: list[Any] | None = None,
+    xgb_model: xgb.Booster | None = None,
 ) -> xgb.Booster:
     """One training with a trial's config: what each trial runs, and what a reproduction runs again.
 
     With ``nthread`` 1 and the config's ``seed``, the same rows in the same order give the same trees.
+    ``xgb_model`` continues a booster (a preempted trial resuming from its checkpoint).
     """
     dtrain = xgb.DMatrix(data["x_train"], label=data["y_train"], feature_names=data["features"])
     dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["features"])
@@ -76,6 +90,7 @@ def train_once(
         evals=[(dvalid, "valid")],
         early_stopping_rounds=EARLY_STOPPING_ROUNDS,
         verbose_eval=False,
+        xgb_model=xgb_model,
         callbacks=callbacks,
     )
 
@@ -90,9 +105,16 @@ def training_data(train: pd.DataFrame, valid: pd.DataFrame, features: list[str],
     }
 
 
-def _trainable(config: dict[str, Any], data: dict[str, Any], num_boost_round: int, metric: str) -> None:
-    callback = TuneReportCheckpointCallback(metrics={metric: metric}, frequency=0, checkpoint_at_end=True)
-    train_once(config, data, num_boost_round, callbacks=[callback])
+def _trainable(
+    config: dict[str, Any], data: dict[str, Any], num_boost_round: int, metric: str, checkpoint_every: int = 0
+) -> None:
+    resumed = tune.get_checkpoint()  # a preempted trial starts again from its last checkpoint
+    booster = TuneReportCheckpointCallback.get_model(resumed) if resumed else None
+    done = booster.num_boosted_rounds() if booster is not None else 0
+    callback = TuneReportCheckpointCallback(
+        metrics={metric: metric}, frequency=checkpoint_every, checkpoint_at_end=True
+    )
+    train_once(config, data, max(1, num_boost_round - done), callbacks=[callback], xgb_model=booster)
 
 
 class _Progress(tune.Callback):
@@ -128,32 +150,49 @@ def tune_xgboost(
     experiment_name: str,
     seed: int = 7,
     on_trial_done: Callable[[str, float], None] | None = None,
+    admission: TrialAdmission | None = None,
 ) -> TuneOutcome:
-    """Tune ``space`` over the platform defaults; the winner is the best trial that ran to its end."""
+    """Tune ``space`` over the platform defaults; the winner is the best trial that ran to its end.
+
+    With ``admission``, trials run on the team's quota and the search stops at its budget.
+    """
     reported = f"valid-{metric}"
     data = training_data(train, valid, features, label)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, data=data, num_boost_round=num_boost_round, metric=reported), {"cpu": 1}
+    every = admission.checkpoint_every if admission is not None else 0
+    fn = tune.with_parameters(
+        _trainable, data=data, num_boost_round=num_boost_round, metric=reported, checkpoint_every=every
     )
-    scheduler = ASHAScheduler(max_t=num_boost_round + 10, grace_period=min(20, num_boost_round), reduction_factor=3)
+    resources = {"cpu": 1}
+    asha = ASHAScheduler(max_t=num_boost_round + 10, grace_period=min(20, num_boost_round), reduction_factor=3)
+    scheduler: Any = asha
+    search_alg: Any = tune.search.BasicVariantGenerator(random_state=seed)
+    stop = None
+    gate = TrialGate(admission) if admission is not None else None
+    if gate is not None and admission is not None:
+        fn.__name__ = f"{admission.team}_xgboost"  # the trial actors' name on the dashboard
+        resources = {"cpu": admission.per_trial.cpu, "gpu": admission.per_trial.gpu}
+        scheduler = AdmittedScheduler(gate, scheduler)
+        search_alg = AdmittedVariantGenerator(gate, random_state=seed, max_concurrent=admission.concurrency)
+        stop = BudgetStopper(gate)
     tuner = tune.Tuner(
-        trainable,
+        tune.with_resources(fn, resources),
         param_space=search_space(objective, metric, seed, space),
         tune_config=tune.TuneConfig(
-            metric=reported,
-            mode=mode,
-            num_samples=num_samples,
-            scheduler=scheduler,
-            search_alg=tune.search.BasicVariantGenerator(random_state=seed),
+            metric=reported, mode=mode, num_samples=num_samples, scheduler=scheduler, search_alg=search_alg
         ),
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage_path,
             verbose=0,
+            stop=stop,
             callbacks=[_Progress(on_trial_done, reported)] if on_trial_done else None,
         ),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if gate is not None:
+            gate.close()
     trials = []
     for result in grid:
         if result.error is not None:

@@ -78,3 +78,11 @@ def test_quickstart_refuses_a_busy_port_before_doing_any_work(tmp_path: Path) ->
     assert out.returncode == 1
     assert f"port {port}" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "offline").exists()
+
+
+def test_a_long_error_stays_on_one_line(tmp_path: Path) -> None:
+    """Rich wraps piped output at 160 columns; an error naming a long path or name must not be cut in two."""
+    name = "a_view_with_a_rather_long_name_" * 8
+    out = mlsys("features", "describe", name, home=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0 and name in out.stderr
