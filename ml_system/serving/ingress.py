@@ -31,7 +31,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from ml_system.errors import StoreUnavailableError, UnscorableError
-from ml_system.serving import tracing
+from ml_system.serving import profiling, tracing
 from ml_system.serving.http import HTTPProblem, json_response, parse_body, problem_response, read_body
 from ml_system.serving.metrics import record_request, serving_metrics
 from ml_system.serving.openapi import api_for
@@ -110,6 +110,7 @@ class Ingress:
     """``POST /predict``, ``GET /healthz`` and ``GET /info`` for one use case."""
 
     def __init__(self, scorer: DeploymentHandle | None, args: dict[str, Any]) -> None:
+        profiling.start_if_asked()
         tracing.configure(args.get("tracing_exporter", "none"))
         scorer_args = args["scorer"]
         self.usecase: UseCase = load_usecase(scorer_args["usecase"], check_all=False)
