@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import signal
@@ -49,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import proc_cpu  # noqa: E402
+from ml_system.serving.loadgen import lua_script, read_report  # noqa: E402
 from ml_system.serving.local_cluster import ServeCluster, shipped_user_config  # noqa: E402
 
 CONNECTIONS = 32
@@ -66,46 +66,16 @@ class Run:
     requests: int
     replicas: int = 0
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    scale_up_s: float = float("nan")
 
 
 # ---- load ---------------------------------------------------------------------------------------
-def lua_script(rows: list[dict[str, Any]], path: Path) -> Path:
-    bodies = ",\n".join("[[" + json.dumps({"flights": [r]}) + "]]" for r in rows)
-    path.write_text(
-        "bodies = {\n" + bodies + "\n}\n"
-        "init = function(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end\n"
-        "request = function()\n"
-        "  return wrk.format('POST', '/predict', {['Content-Type'] = 'application/json'},"
-        " bodies[math.random(#bodies)])\n"
-        "end\n"
-    )
-    return path
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
 def wrk(url: str, script: Path, duration_s: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--timeout", "10s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
-        "errors": (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in errs.groups()) if errs else 0),
-    }
+    return read_report(out)
 
 
 def measure(setup: str, mix: str, url: str, script: Path, duration_s: int, roots: list[int],
@@ -118,7 +88,7 @@ def measure(setup: str, mix: str, url: str, script: Path, duration_s: int, roots
     cpu = {role: 1000 * s / n for role, s in proc_cpu.by_role(before, after).items()}
     cpu["wrk"] = 1000 * wrk_cpu / n
     cpu["(machine, all users)"] = 1000 * (busy - busy0) / n
-    return Run(setup, mix, out["rps"], out["p50_ms"], out["p99_ms"], int(out["errors"]), n, replicas, cpu)
+    return Run(setup, mix, out["rps"], out["p50_ms"], out["p99_ms"], int(out["failed"]), n, replicas, cpu)
 
 
 def _children_cpu() -> float:
@@ -192,6 +162,7 @@ def serve_round(
         cluster.start()
         cluster.deploy()
         upcoming = scripts["upcoming"]
+        watch = ScaleWatch(cluster)
         wrk(cluster.url, upcoming, warmup_s)  # from min_replicas: the autoscaler sees the load from here on
         roots = [cluster.head.pid] if cluster.head else []
         runs.append(measure("ml_system warm", "upcoming", cluster.url, upcoming, duration_s, roots,
@@ -202,9 +173,45 @@ def serve_round(
             runs.append(measure("ml_system steady", mix, cluster.url, script, duration_s, roots,
                                 cluster.haproxy_pids(), len(cluster.replica_pids())))  # fmt: skip
             report(runs[-1])
+        watch.stop()
+        print(f"  scale-up under load: {watch.summary()}", flush=True)
+        for run in runs:
+            run.scale_up_s = watch.reached_s()
     finally:
         cluster.stop()
     return runs
+
+
+class ScaleWatch:
+    """Replica processes counted every half second from the start of the load (a thread beside wrk)."""
+
+    def __init__(self, cluster: ServeCluster) -> None:
+        import threading
+
+        self.cluster = cluster
+        self.samples: list[tuple[float, int]] = []
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append((time.monotonic() - self.t0, len(self.cluster.replica_pids())))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reached_s(self) -> float:
+        """Seconds of load until the most replicas seen were first running."""
+        peak = max((n for _, n in self.samples), default=0)
+        return next((t for t, n in self.samples if n == peak), float("nan"))
+
+    def summary(self) -> str:
+        first = self.samples[0][1] if self.samples else 0
+        peak = max((n for _, n in self.samples), default=0)
+        return f"{first} -> {peak} replica processes, the last one started after {self.reached_s():.1f} s of load"
 
 
 def report(run: Run) -> None:
@@ -370,6 +377,7 @@ def main() -> None:
             result["warm_ratio_vs_best_bare"] = f"{warm / med(runs, best, mix, 'rps'):.2f}"
             result["warm_p99_ms"] = f"{med(runs, 'ml_system warm', mix, 'p99_ms'):.1f}"
             result["replicas"] = f"{med(runs, 'ml_system steady', mix, 'replicas'):.0f}"
+            result["scale_up_s"] = f"{med(runs, 'ml_system steady', mix, 'scale_up_s'):.1f}"
     result["cpu_ms_per_req"] = f"{cpu_per_request(runs, 'ml_system steady', 'upcoming'):.3f}"
     result["cpu_ms_per_req_best_bare"] = f"{cpu_per_request(runs, result['best_bare'], 'upcoming'):.3f}"
     result["errors"] = str(sum(r.errors for r in runs))

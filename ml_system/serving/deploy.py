@@ -51,6 +51,9 @@ def fast_serving_env(state_dir: str | Path) -> dict[str, str]:
     return {
         **haproxy_env(state_dir),
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # HAProxy's per-request metric log line, parsed by a Python actor, costs CPU on every request;
+        # the replicas count requests by route and status themselves (mlsys_serve_requests)
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         # HAProxy's default of 4 threads competes with the replicas on small nodes
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 2) // 2))),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
