@@ -123,9 +123,10 @@ def test_haproxy_listens_on_loopback_keeps_its_admin_socket_private_and_dies_wit
     cluster: ServeCluster,
 ) -> None:
     assert stat.S_IMODE(cluster.state.stat().st_mode) == 0o700
-    sock = Path(cluster.env["RAY_SERVE_HAPROXY_SOCKET_PATH"])
-    wait_until("admin socket exists", sock.exists)
-    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    # Serve puts each node's files in a subfolder named after the node
+    wait_until("admin socket exists", lambda: list(cluster.state.glob("*/admin.sock")))
+    for sock in cluster.state.glob("*/admin.sock"):
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600, sock
     ports = haproxy_ports(cluster)
     assert listening(ports["serving"]), "the app's port is not listening"
     loopback = {"0100007F", "00000000000000000000FFFF0100007F"}
