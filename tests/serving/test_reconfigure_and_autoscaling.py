@@ -122,7 +122,7 @@ def test_the_shipped_autoscaling_follows_a_step_to_32_connections_and_back(
     shipped = doc["applications"][0]["deployments"][0]["autoscaling_config"]
     assert (shipped["min_replicas"], shipped["target_ongoing_requests"]) == (1, 16)
     url = deploy_config(doc)["stepload"]
-    script = lua_script(demo_rows, tmp_path / "predict.lua")
+    script = lua_script(demo_rows, tmp_path / "predict.lua", route="/stepload/predict")
     try:
         assert replicas("stepload") == 1
         load = subprocess.Popen(
