@@ -66,6 +66,7 @@ class StreamIngestor:
         state: WindowState,
         online: OnlineStore,
         clock: Callable[[], int] = time.time_ns,
+        max_future_skew_s: float = 300.0,
     ) -> None:
         self.name = name
         self.config = config
@@ -74,6 +75,7 @@ class StreamIngestor:
         self.state = state
         self.online = online
         self.clock = clock
+        self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.decoder = EventDecoder(views)
         self.plans = [plan(v) for v in views]
         self.heads = [state.head(v.name) for v in views]
@@ -136,14 +138,20 @@ class StreamIngestor:
         """Decode, apply, write, then ack; raises (for the loop to retry) before acking anything unwritten."""
         refused: list[tuple[StreamMessage, str]] = []
         decoded: list[tuple[StreamMessage, DecodedEvent]] = []
+        limit = self.clock() + self.max_future_skew_ns
         for message in messages:
             if message.deliveries > self.config.max_deliveries:
                 refused.append((message, f"delivered {message.deliveries} times without being written"))
                 continue
             try:
-                decoded.append((message, self.decoder.decode(message.fields)))
+                event = self.decoder.decode(message.fields)
             except EventError as exc:
                 refused.append((message, f"malformed: {exc}"))
+                continue
+            if event.ts > limit:  # it would win every later update of its entities
+                refused.append((message, f"future: {self.decoder.ts_field} is past now + features.max_future_skew_s"))
+                continue
+            decoded.append((message, event))
         items: list[Item] = []
         owners: list[int] = []
         for n, (_, event) in enumerate(decoded):

@@ -40,7 +40,13 @@ def open_ingestor(config: PlatformConfig, name: str) -> StreamIngestor:
         raise ConfigError("streaming.state_url is empty: name the Redis that holds the window state")
     state = WindowState(streaming.state_url, streaming.state_prefix, streaming.dedup_ttl_s, streaming.request_timeout_s)
     return StreamIngestor(
-        name, streaming, views, open_stream_source(streaming), state, open_online_store(config.online_store)
+        name,
+        streaming,
+        views,
+        open_stream_source(streaming),
+        state,
+        open_online_store(config.online_store),
+        max_future_skew_s=config.features.max_future_skew_s,
     )
 
 
