@@ -23,14 +23,14 @@ from ml_system.errors import StoreUnavailableError
 from ml_system.features import snapshots
 from ml_system.features.online.base import OnlineStore
 from ml_system.features.streaming.decode import DecodedEvent, EventDecoder, EventError
-from ml_system.features.streaming.sources import BrokerUnavailableError, StreamMessage, StreamSource
+from ml_system.features.streaming.sources import StreamMessage, StreamSource
 from ml_system.features.streaming.state import DUPLICATE, LATE, EntityState, Item, WindowState, member
 from ml_system.features.streaming.views import StreamFeatureView
 from ml_system.features.streaming.windows import latest_values, plan
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (BrokerUnavailableError, StoreUnavailableError, ConnectionError, TimeoutError)
+_RETRYABLE = (StoreUnavailableError, ConnectionError, TimeoutError)
 FRESHNESS_SAMPLES = 200_000
 
 

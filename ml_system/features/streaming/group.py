@@ -19,15 +19,15 @@ from ml_system.errors import ConfigError
 from ml_system.features.online import open_online_store
 from ml_system.features.registry import Registry
 from ml_system.features.streaming.consumer import StreamIngestor
-from ml_system.features.streaming.sources import open_stream_source
+from ml_system.features.streaming.sources import BrokerUnavailableError, open_stream_source
 from ml_system.features.streaming.state import WindowState
-from ml_system.features.streaming.views import stream_views
+from ml_system.features.streaming.views import StreamFeatureView, stream_views
 
 NAMESPACE = "mlsys-stream"
 
 
-def open_ingestor(config: PlatformConfig, name: str) -> StreamIngestor:
-    """A consumer wired from the platform config: registered views, broker, window state, online store."""
+def fed_views(config: PlatformConfig) -> list[StreamFeatureView]:
+    """The registered stream views this stream feeds; refuses a group that would have nothing to do."""
     streaming = config.streaming
     registry = Registry(config.registry, shared_paths=config.ray.shared_paths)
     views = stream_views(registry.feature_views(), streaming.stream, streaming.views or None)
@@ -36,6 +36,13 @@ def open_ingestor(config: PlatformConfig, name: str) -> StreamIngestor:
             f"no stream feature views are registered for stream '{streaming.stream}': apply some, or list them in "
             "streaming.views"
         )
+    return views
+
+
+def open_ingestor(config: PlatformConfig, name: str) -> StreamIngestor:
+    """A consumer wired from the platform config: registered views, broker, window state, online store."""
+    streaming = config.streaming
+    views = fed_views(config)
     if not streaming.state_url:
         raise ConfigError("streaming.state_url is empty: name the Redis that holds the window state")
     state = WindowState(streaming.state_url, streaming.state_prefix, streaming.dedup_ttl_s, streaming.request_timeout_s)
@@ -86,7 +93,12 @@ def consumer_name(group: str, n: int) -> str:
 def start(config: PlatformConfig, consumers: int | None = None) -> list[str]:
     """Start the group's missing consumers (``streaming.consumers`` of them); returns every consumer's name."""
     count = consumers or config.streaming.consumers
-    open_stream_source(config.streaming).ensure_group()
+    fed_views(config)
+    source = open_stream_source(config.streaming)
+    try:
+        source.ensure_group()
+    finally:
+        source.close()
     names = []
     for n in range(count):
         name = consumer_name(config.streaming.group, n)
@@ -124,7 +136,7 @@ def status(config: PlatformConfig, timeout_s: float = 10.0) -> dict[str, Any]:
     source = open_stream_source(config.streaming)
     try:
         backlog: dict[str, Any] = source.backlog()
-    except ConnectionError as exc:
+    except BrokerUnavailableError as exc:
         backlog = {"error": str(exc)}
     finally:
         source.close()

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ml_system.config_streaming import StreamingConfig
+from ml_system.errors import StoreUnavailableError
 from ml_system.features.backends import backend_class
 
 STREAM_SOURCE_CLASS_FOR_TYPE: dict[str, str] = {
@@ -30,8 +31,8 @@ class StreamMessage(NamedTuple):
     deliveries: int = 1
 
 
-class BrokerUnavailableError(ConnectionError):
-    """The broker did not answer in time or refused the connection: callers retry with backoff."""
+class BrokerUnavailableError(StoreUnavailableError):
+    """The broker (or the window state's Redis) did not answer in time or refused the connection: retry with backoff."""
 
 
 class StreamSource(ABC):
