@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 from ml_system.config import PlatformConfig
 from ml_system.features import Entity, Field
@@ -57,6 +59,14 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.proc, "redis-server", 10)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(200):  # replaying its append-only file, it answers LOADING for a moment
+            try:
+                client.ping()
+                break
+            except redis.exceptions.BusyLoadingError:
+                time.sleep(0.05)
+        client.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
