@@ -1,6 +1,6 @@
 """Run the stream consumer group as a Ray job: start it, report its status, stop it when the job ends.
 
-    ray job submit --working-dir . -- python jobs/stream_ingest.py [--consumers N] [--status-every 30]
+ray job submit --working-dir . -- python jobs/stream_ingest.py [--consumers N] [--status-every 30]
 """
 
 from __future__ import annotations
