@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ml_system.config_streaming import StreamingConfig
@@ -24,7 +25,7 @@ from ml_system.features import snapshots
 from ml_system.features.online.base import OnlineStore
 from ml_system.features.streaming.decode import DecodedEvent, EventDecoder, EventError
 from ml_system.features.streaming.sources import StreamMessage, StreamSource
-from ml_system.features.streaming.state import DUPLICATE, LATE, EntityState, Item, WindowState, member
+from ml_system.features.streaming.state import DUPLICATE, LATE, EntityState, Item, ViewParams, WindowState, member
 from ml_system.features.streaming.views import StreamFeatureView
 from ml_system.features.streaming.windows import latest_values, plan
 
@@ -78,9 +79,10 @@ class StreamIngestor:
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.decoder = EventDecoder(views)
         self.plans = [plan(v) for v in views]
-        self.heads = [state.head(v.name) for v in views]
-        self.widths = {h: len(p.columns) for h, p in zip(self.heads, self.plans, strict=True)}
-        self._by_head = {h: (v, p) for h, v, p in zip(self.heads, views, self.plans, strict=True)}
+        self.params = [
+            ViewParams(state.head(v.name), _us(v.allowed_lateness), _us(v.state_horizon), v.keep_last, len(p.columns))
+            for v, p in zip(views, self.plans, strict=True)
+        ]
         self.status = ConsumerStatus(name)
         self.freshness_ns: deque[int] = deque(maxlen=FRESHNESS_SAMPLES)
         self._stop = threading.Event()
@@ -154,27 +156,20 @@ class StreamIngestor:
             decoded.append((message, event))
         items: list[Item] = []
         owners: list[int] = []
+        views = range(len(self.views))
         for n, (_, event) in enumerate(decoded):
-            for v, view in enumerate(self.views):
+            ts_us = event.ts // 1000
+            for v in views:
                 items.append(
-                    Item(
-                        self.heads[v],
-                        event.keys[v],
-                        event.event_id,
-                        event.ts,
-                        member(event.ts, event.values[v], event.event_id),
-                        _ns(view.allowed_lateness),
-                        _ns(view.state_horizon),
-                        view.keep_last,
-                    )
+                    Item(v, event.keys[v], event.event_id, ts_us, member(event.ts, event.values[v], event.event_id))
                 )
                 owners.append(n)
-        statuses, states = self.state.apply(items, self.widths)
+        statuses, states = self.state.apply(self.params, items)
         late_of: dict[int, str] = {}
         duplicates = set()
         for item, owner, status in zip(items, owners, statuses, strict=True):
             if status == LATE and owner not in late_of:
-                view = self._by_head[item.head][0]
+                view = self.views[item.view]
                 late_of[owner] = (
                     f"late: {self.decoder.ts_field} is more than {view.allowed_lateness} behind the newest event "
                     f"of {view.name} entity '{item.key}' (allowed_lateness)"
@@ -203,7 +198,7 @@ class StreamIngestor:
         for entity in states:
             if not entity.events:
                 continue
-            view, p = self._by_head[entity.head]
+            view, p = self.views[entity.view], self.plans[entity.view]
             newest, values = latest_values(p, entity.events)
             rows.setdefault(view.name, []).append((entity.key, newest, entity.stamp, values))
         if not rows:
@@ -220,5 +215,5 @@ class StreamIngestor:
         return asdict(self.status)
 
 
-def _ns(delta: Any) -> int:
-    return int(delta.total_seconds() * 1_000_000_000)
+def _us(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)

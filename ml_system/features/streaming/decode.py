@@ -69,6 +69,7 @@ class EventDecoder:
             [(k, normaliser(kind, v.name, k)) for k, kind in zip(v.join_keys, v.key_types, strict=True)] for v in views
         ]
         self._columns = [v.value_columns for v in views]
+        self._times: dict[str, int] = {}
 
     def decode(self, fields: dict[str, str]) -> DecodedEvent:
         if "json" in fields and len(fields) == 1:  # Kafka-style single JSON document
@@ -79,7 +80,11 @@ class EventDecoder:
         text = fields.get(self.ts_field)
         if not text:
             raise EventError(f"field '{self.ts_field}' is missing or empty")
-        ts = parse_timestamp(text, self.ts_field)
+        ts = self._times.get(text)
+        if ts is None:  # events of one moment share their text: parse it once
+            if len(self._times) > 100_000:
+                self._times.clear()
+            ts = self._times[text] = parse_timestamp(text, self.ts_field)
         keys: list[str] = []
         for pairs in self._keys:
             parts: list[str] = []

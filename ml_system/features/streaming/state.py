@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import msgpack
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -29,88 +30,95 @@ from ml_system.features.streaming.redis_streams import unavailable_as
 from ml_system.features.streaming.windows import Event
 
 ACCEPTED, DUPLICATE, LATE = 0, 1, 2
+PARSED_CACHE = 500_000
 
-# ARGV: dedup_ttl_s, then per item 7 values: view head, entity key, event id, ts_us, member, lateness_us,
-# and "horizon_us:keep_last". Returns {statuses, then per touched entity {head, key, stamp_us, members}}.
+# ARGV[1] dedup_ttl_s; ARGV[2] msgpack of the views {{head, lateness_us, horizon_us, keep_last}, ...};
+# ARGV[3] msgpack of the items {{view (1-based), entity key, event id, ts_us, member}, ...}.
+# Returns msgpack of {statuses, {{view, key, stamp_us, members}, ...}}. msgpack both ways, because
+# redis-py turning thousands of arguments into text and back cost more than the script itself.
 # Times travel in microseconds (event times are parsed to microseconds): Lua numbers are doubles,
 # exact for integers below 2^53, which microseconds since the epoch are and nanoseconds are not.
+# An entity's bookkeeping is read once and written once per batch, however many of its events
+# the batch holds (and pruned once); an event costs two commands of its own (SET NX, ZADD).
 _APPLY = """
 local ttl = tonumber(ARGV[1])
+local views = cmsgpack.unpack(ARGV[2])
+local items = cmsgpack.unpack(ARGV[3])
 local statuses = {}
 local touched = {}
 local order = {}
-local i = 2
-while i <= #ARGV do
-  local head, key, id, member = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+4]
-  local ts, late = tonumber(ARGV[i+3]), tonumber(ARGV[i+5])
-  local h, keep = string.match(ARGV[i+6], '([^:]+):([^:]+)')
-  local horizon, keep_last = tonumber(h), tonumber(keep)
-  i = i + 7
-  local seen = head .. 'seen:' .. id
-  local st = head .. 's:' .. key
-  local ev = head .. 'e:' .. key
+for _, it in ipairs(items) do
+  local v = views[it[1]]
+  local head, key, ts, member = v[1], it[2], it[4], it[5]
+  local name = head .. 's:' .. key
+  local e = touched[name]
+  if e == nil then
+    local held = redis.call('HMGET', name, 'newest', 'stamp')
+    e = {view = it[1], key = key, ev = head .. 'e:' .. key, newest = tonumber(held[1] or ''),
+         stamp = tonumber(held[2] or '0'), used = false}
+    touched[name] = e
+    order[#order + 1] = name
+  end
+  local seen = head .. 'seen:' .. it[3]
   local status = 0
-  if redis.call('EXISTS', seen) == 1 then
+  if not redis.call('SET', seen, '1', 'EX', ttl, 'NX') then
     status = 1
+  elseif e.newest ~= nil and ts < e.newest - v[2] then
+    status = 2
+    redis.call('DEL', seen)
   else
-    local newest = tonumber(redis.call('HGET', st, 'newest') or '')
-    if newest ~= nil and ts < newest - late then
-      status = 2
-    else
-      redis.call('SET', seen, '1', 'EX', ttl)
-      redis.call('ZADD', ev, ts, member)
-      if newest == nil or ts > newest then
-        newest = ts
-        redis.call('HSET', st, 'newest', string.format('%.0f', ts))
-      end
-      local card = redis.call('ZCARD', ev)
-      if card > keep_last then
-        local old = redis.call('ZCOUNT', ev, '-inf', '(' .. string.format('%.0f', newest - horizon))
-        local drop = math.min(old, card - keep_last)
-        if drop > 0 then redis.call('ZREMRANGEBYRANK', ev, 0, drop - 1) end
-      end
-    end
+    redis.call('ZADD', e.ev, ts, member)
+    if e.newest == nil or ts > e.newest then e.newest = ts end
   end
   statuses[#statuses + 1] = status
-  if status ~= 2 then
-    local name = head .. '\\n' .. key
-    if touched[name] == nil then
-      touched[name] = {head, key, st, ev}
-      order[#order + 1] = name
-    end
-  end
+  if status ~= 2 then e.used = true end
 end
 local now = redis.call('TIME')
 local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local out = {}
-out[1] = statuses
 for _, name in ipairs(order) do
-  local t = touched[name]
-  local stamp = clock
-  local last = tonumber(redis.call('HGET', t[3], 'stamp') or '0')
-  if stamp <= last then stamp = last + 1 end
-  redis.call('HSET', t[3], 'stamp', string.format('%.0f', stamp))
-  out[#out + 1] = {t[1], t[2], string.format('%.0f', stamp), redis.call('ZRANGE', t[4], 0, -1)}
+  local e = touched[name]
+  if e.used then
+    local stamp = clock
+    if stamp <= e.stamp then stamp = e.stamp + 1 end
+    local v = views[e.view]
+    local old = redis.call('ZCOUNT', e.ev, '-inf', '(' .. string.format('%.0f', e.newest - v[3]))
+    if old > 0 then  -- past the longest window: keep only what the last-N aggregations need
+      local drop = math.min(old, redis.call('ZCARD', e.ev) - v[4])
+      if drop > 0 then redis.call('ZREMRANGEBYRANK', e.ev, 0, drop - 1) end
+    end
+    redis.call('HSET', name, 'newest', string.format('%.0f', e.newest), 'stamp', string.format('%.0f', stamp))
+    out[#out + 1] = {e.view, e.key, stamp, redis.call('ZRANGE', e.ev, 0, -1)}
+  end
 end
-return out
+return cmsgpack.pack({statuses, out})
 """
+
+
+class ViewParams(NamedTuple):
+    """What the script needs of a view, sent once per batch."""
+
+    head: str
+    lateness_us: int
+    horizon_us: int
+    keep_last: int
+    width: int
+    """How many values a stored event of the view holds."""
 
 
 class Item(NamedTuple):
     """One event for one view's entity, as the script takes it."""
 
-    head: str
+    view: int
+    """Index into the batch's views."""
     key: str
     event_id: str
-    ts: int
+    ts_us: int
     member: str
-    lateness_ns: int
-    horizon_ns: int
-    keep_last: int
 
 
 class EntityState(NamedTuple):
-    head: str
+    view: int
     key: str
     stamp: int
     """Nanoseconds: Redis' clock at the change, above every earlier stamp of the entity."""
@@ -132,43 +140,38 @@ class WindowState:
         self.prefix = prefix
         self.dedup_ttl_s = dedup_ttl_s
         self._client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
         )
         self._apply = self._client.register_script(_APPLY)
+        self._parsed: dict[str, Event] = {}
+        """Members already parsed: an entity's events come back with every batch that touches it."""
 
     def head(self, view: str) -> str:
         return f"{self.prefix}:{view}:"
 
-    def apply(self, items: Sequence[Item], widths: dict[str, int]) -> tuple[list[int], list[EntityState]]:
-        """Add a batch's events; returns each item's status and every touched entity's events and stamp.
-
-        ``widths``: the number of value columns of each view head.
-        """
+    def apply(self, views: Sequence[ViewParams], items: Sequence[Item]) -> tuple[list[int], list[EntityState]]:
+        """Add a batch's events; returns each item's status and every touched entity's events and stamp."""
         if not items:
             return [], []
-        args: list[str | int] = [self.dedup_ttl_s]
-        for it in items:
-            args += [
-                it.head,
-                it.key,
-                it.event_id,
-                it.ts // 1000,
-                it.member,
-                it.lateness_ns // 1000,
-                f"{it.horizon_ns // 1000}:{it.keep_last}",
-            ]
+        packed_views = msgpack.packb([(v.head, v.lateness_us, v.horizon_us, v.keep_last) for v in views])
+        packed_items = msgpack.packb([(i.view + 1, i.key, i.event_id, i.ts_us, i.member) for i in items])
         with unavailable_as(f"window state: applying {len(items)} events"):
-            reply = self._apply(keys=[], args=args)
-        statuses = [int(s) for s in reply[0]]
-        states = [
-            EntityState(head, key, int(stamp) * 1000, [parse_member(m, widths[head]) for m in members])
-            for head, key, stamp, members in reply[1:]
-        ]
-        return statuses, states
+            reply = self._apply(keys=[], args=[self.dedup_ttl_s, packed_views, packed_items])
+        statuses, entities = msgpack.unpackb(reply, raw=False)
+        parsed = self._parsed
+        if len(parsed) > PARSED_CACHE:
+            parsed.clear()
+        states = []
+        for view, key, stamp, members in entities or ():
+            width = views[view - 1].width
+            events = []
+            for text in members:
+                event = parsed.get(text)
+                if event is None:
+                    event = parsed[text] = parse_member(text, width)
+                events.append(event)
+            states.append(EntityState(view - 1, key, int(stamp) * 1000, events))
+        return list(statuses or ()), states
 
     def close(self) -> None:
         self._client.close()
