@@ -158,6 +158,29 @@ def freshness(names: list[str]) -> np.ndarray:
     return np.asarray(samples, dtype=np.int64) / 1e6
 
 
+class CpuMeter:
+    """CPU seconds used by every process on the path: producer (this one), consumers and redis-server.
+
+    On a shared machine wall-clock rates follow the neighbours' load; CPU per event does not, and
+    two cores divided by it is what an otherwise idle two-core machine would sustain.
+    """
+
+    def __init__(self, url: str, group_name: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.group_name = group_name
+
+    def read(self) -> dict[str, float]:
+        info = self.client.info("cpu")
+        consumers = sum(ray.get([a.cpu_s.remote() for a in group.handles(self.group_name).values()], timeout=30))
+        return {
+            "producer": time.process_time(),
+            "consumers": consumers,
+            "redis": info["used_cpu_user"] + info["used_cpu_sys"],
+        }
+
+
 def check(store: FeatureStore, producer: Producer) -> tuple[int, int, int]:
     """Events lost and counted twice (from each user's count), and users whose sum differs from what was sent."""
     keys = sorted(producer.count)
@@ -206,7 +229,9 @@ def main() -> None:
         )
         store = FeatureStore(config)
         store.apply([USER, VIEW])
-        ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False
+        )
         source = open_stream_source(config.streaming)
         producer = Producer(source, args.entities)
         names = group.start(config)
@@ -218,12 +243,17 @@ def main() -> None:
             freshness(names)
 
             rows = []
+            meter = CpuMeter(url, config.streaming.group)
+            cpu_before = meter.read()
             consumed_before = producer.sent
             start = time.monotonic()
             offered = producer.offer(args.rate, seconds)
             drain_s = wait_drained(source, 300)
             steady_rate = (producer.sent - consumed_before) / (time.monotonic() - start)
             steady = freshness(names)
+            cpu_after = meter.read()
+            steady_events = producer.sent - consumed_before
+            cpu_us = {k: (cpu_after[k] - cpu_before[k]) / steady_events * 1e6 for k in cpu_before}
             rows.append(("steady", offered, steady_rate, steady, drain_s))
 
             start = time.monotonic()
@@ -252,6 +282,10 @@ def main() -> None:
     for name, off, got, fresh, drain in rows:
         p50, p99, top = np.percentile(fresh, [50, 99, 100]) if len(fresh) else (math.nan,) * 3
         print(f"{name:<9} {off:>10,.0f} {got:>11,.0f} {p50:>8.1f} {p99:>8.1f} {top:>8.1f} {drain:>8.2f}")
+    total_us = sum(cpu_us.values())
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu_us.items())
+    print(f"CPU per event in the steady phase: {total_us:.1f} us ({parts}); load average {os.getloadavg()[0]:.1f}")
+    print(f"two idle cores at this CPU per event: {2e6 / total_us:,.0f} events/s")
     claimed = sum(s.get("claimed", 0) for s in report["consumers"].values())
     dups = sum(s.get("duplicates", 0) for s in report["consumers"].values())
     print(f"events sent {producer.sent:,}; redelivered duplicates absorbed {dups:,}; entries claimed {claimed:,}")
@@ -260,7 +294,7 @@ def main() -> None:
     print(
         f"RESULT stream events_per_s={rows[0][2]:.0f} freshness_p99_ms={steady_p99:.1f} lost={lost} "
         f"duplicated={duplicated} max_events_per_s={rows[1][2]:.0f} kill_events_per_s={rows[2][2]:.0f} "
-        f"wrong_sums={wrong_sum}"
+        f"wrong_sums={wrong_sum} cpu_us_per_event={total_us:.1f} two_core_events_per_s={2e6 / total_us:.0f}"
     )
 
 

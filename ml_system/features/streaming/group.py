@@ -9,7 +9,9 @@ replacement actor needs no hand-over.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Any
 
 import ray
@@ -76,9 +78,11 @@ class StreamConsumer:
         return samples
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
+
+    def cpu_s(self) -> float:
+        """CPU seconds this consumer's process has used (benchmarks divide it by the events)."""
+        return time.process_time()
 
     def stop(self, timeout_s: float = 10.0) -> bool:
         self.ingestor.stop()
