@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,7 +52,6 @@ class ConsumerStatus:
     last_error_at: float = 0.0
     down_since: float = 0.0
     rows_written: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamIngestor:

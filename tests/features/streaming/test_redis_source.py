@@ -72,3 +72,15 @@ def test_a_broker_that_is_gone_raises_broker_unavailable(private_redis: RedisSer
     private_redis.start()  # appendonly: the group survives the restart
     source.publish([{"event_id": "after"}])
     assert [m.fields["event_id"] for m in source.read("a", 1, 10)] == ["after"]
+
+
+def test_the_streaming_section_is_checked_when_the_config_loads(tmp_path: object) -> None:
+    from ml_system.config import load_config
+
+    config = load_config(environ={"MLSYS_HOME": str(tmp_path), "MLSYS_STREAMING__STREAM": "clicks"})
+    assert config.streaming.dead_letter_stream == "clicks:dead-letter"
+    assert config.streaming.state_url == config.streaming.broker_url
+    with pytest.raises(ConfigError, match=r"streaming\.consumers"):
+        load_config(environ={"MLSYS_HOME": str(tmp_path), "MLSYS_STREAMING__CONSUMERS": "0"})
+    with pytest.raises(ConfigError, match=r"streaming\.batch_sizes"):
+        load_config(environ={"MLSYS_HOME": str(tmp_path), "MLSYS_STREAMING__BATCH_SIZES": "5"})
