@@ -30,7 +30,6 @@ from ml_system.features.streaming.redis_streams import unavailable_as
 from ml_system.features.streaming.windows import Event
 
 ACCEPTED, DUPLICATE, LATE = 0, 1, 2
-PARSED_CACHE = 500_000
 
 # ARGV[1] dedup_ttl_s; ARGV[2] msgpack of the views {{head, lateness_us, horizon_us, keep_last}, ...};
 # ARGV[3] msgpack of the items {{view (1-based), entity key, event id, ts_us, member}, ...}.
@@ -143,8 +142,6 @@ class WindowState:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
         )
         self._apply = self._client.register_script(_APPLY)
-        self._parsed: dict[str, Event] = {}
-        """Members already parsed: an entity's events come back with every batch that touches it."""
 
     def head(self, view: str) -> str:
         return f"{self.prefix}:{view}:"
@@ -158,19 +155,12 @@ class WindowState:
         with unavailable_as(f"window state: applying {len(items)} events"):
             reply = self._apply(keys=[], args=[self.dedup_ttl_s, packed_views, packed_items])
         statuses, entities = msgpack.unpackb(reply, raw=False)
-        parsed = self._parsed
-        if len(parsed) > PARSED_CACHE:
-            parsed.clear()
-        states = []
-        for view, key, stamp, members in entities or ():
-            width = views[view - 1].width
-            events = []
-            for text in members:
-                event = parsed.get(text)
-                if event is None:
-                    event = parsed[text] = parse_member(text, width)
-                events.append(event)
-            states.append(EntityState(view - 1, key, int(stamp) * 1000, events))
+        # parsed afresh each time: a cache of parsed events cost three times the parsing here, most of
+        # it in the garbage collector walking the cached tuples
+        states = [
+            EntityState(view - 1, key, int(stamp) * 1000, [parse_member(m, views[view - 1].width) for m in members])
+            for view, key, stamp, members in entities or ()
+        ]
         return list(statuses or ()), states
 
     def close(self) -> None:
