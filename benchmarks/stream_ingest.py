@@ -224,7 +224,7 @@ def main() -> None:
                 "MLSYS_STREAMING__BATCH_SIZE": str(args.batch_size),
                 "MLSYS_STREAMING__CONSUMERS": str(args.consumers),
                 "MLSYS_STREAMING__CONSUMER_CPUS": "0.5",
-                "MLSYS_STREAMING__CLAIM_IDLE_MS": "2000",
+                "MLSYS_STREAMING__CLAIM_IDLE_MS": "5000",
             }
         )
         store = FeatureStore(config)
