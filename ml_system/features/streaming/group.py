@@ -9,6 +9,7 @@ replacement actor needs no hand-over.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -63,6 +64,11 @@ def open_ingestor(config: PlatformConfig, name: str) -> StreamIngestor:
 class StreamConsumer:
     def __init__(self, config: PlatformConfig, name: str) -> None:
         self.ingestor = open_ingestor(config, name)
+        # Everything imported so far lives as long as the actor: keep the garbage collector from
+        # walking it again and again (its full passes over Ray's and pandas' objects cost the
+        # ingestion loop about as much as the work itself here)
+        gc.collect()
+        gc.freeze()
         self.thread = threading.Thread(target=self.ingestor.run, name=f"stream-{name}", daemon=True)
         self.thread.start()
 
