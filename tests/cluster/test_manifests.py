@@ -351,3 +351,10 @@ def test_rays_discovery_file_is_in_the_session_folder_prometheus_reads(ray_clust
         time.sleep(0.5)
     targets = json.loads(file.read_text())
     assert targets and targets[0]["targets"], targets
+
+
+@pytest.mark.parametrize("guide", ["README.md", "docs/cluster.md"])
+def test_the_guides_show_the_cluster_mode_config_as_committed(guide: str) -> None:
+    text = (ROOT / guide).read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "storage_uri" in b]
+    assert blocks == [yaml.safe_load((CLUSTER / "mlsys.cluster.yaml").read_text())]
