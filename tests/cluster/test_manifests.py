@@ -300,7 +300,7 @@ def test_the_launchers_nodes_start_with_the_documented_settings() -> None:
 
 def emitted_metrics() -> set[str]:
     """Names recorded through ``ray.util.metrics`` anywhere in the platform."""
-    pattern = re.compile(r"metrics\.(?:Counter|Histogram|Gauge)\(\s*\"([a-z0-9_]+)\"")
+    pattern = re.compile(r"\b(?:Counter|Histogram|Gauge)\(\s*[\"']([a-z0-9_]+)[\"']")
     return {m for f in (ROOT / "ml_system").rglob("*.py") for m in pattern.findall(f.read_text())}
 
 
