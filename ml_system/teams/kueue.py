@@ -30,6 +30,7 @@ divides the work.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -45,6 +46,7 @@ NAMESPACE = "ml-system"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 GPU = "nvidia.com/gpu"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HEADER = (
     "# Generated from cluster/resource_groups.yaml by `mlsys groups export-kueue`; do not edit by hand.\n"
     "# kubectl apply -f cluster/kueue/kueue.yaml   (Kueue {api}; docs/cluster.md)\n"
@@ -124,6 +126,8 @@ def _cluster_queue(name: str, groups: ResourceGroups, covered: list[tuple[str, s
 
 def kueue_objects(groups: ResourceGroups, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
     """ResourceFlavor, Cohort, WorkloadPriorityClasses, then a ClusterQueue and LocalQueue per team."""
+    if not DNS_LABEL.match(namespace):
+        raise TeamError(f"namespace '{namespace}' is not a Kubernetes namespace name (lowercase, digits, '-')")
     covered = _covered(groups)
     if not covered:  # pragma: no cover - a QuotaSpec always has one resource above 0
         raise TeamError("no team has a quota to export")

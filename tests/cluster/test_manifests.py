@@ -157,6 +157,8 @@ def test_kueue_quantities_lending_and_refusals_follow_the_groups() -> None:
     assert b["cpu"]["borrowingLimit"] == 0 and "lendingLimit" not in b["cpu"]  # b may not borrow; a lends nothing
     assert b["nvidia.com/gpu"]["nominalQuota"] == 0 and b["memory"]["nominalQuota"] == "4Gi"
     assert {o["metadata"]["namespace"] for o in objects if o["kind"] == "LocalQueue"} == {"team-ns"}
+    with pytest.raises(TeamError, match="namespace 'Team_NS'"):
+        kueue_objects(groups, namespace="Team_NS")
     half_gpu = parse_groups({"teams": {"a": {"quota": {"gpu": 0.5}}}})
     with pytest.raises(TeamError, match="counts GPUs whole"):
         kueue_objects(half_gpu)

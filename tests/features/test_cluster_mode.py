@@ -46,6 +46,7 @@ head_env, worker_env = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 os.environ.update(head_env)  # the driver runs on the head node
 
 from ml_system.config import load_config
+from ml_system.errors import ConfigError
 from ml_system.features import DeltaSource, Entity, FeatureStore, FeatureView, Field
 from ml_system.training.trainer import TrainingSet, train_and_register
 from ml_system.usecase import TrainingSpec
@@ -87,6 +88,16 @@ asked = [day + pd.Timedelta(hours=12)] * 40 + [day + pd.Timedelta(days=2, hours=
 entities = pd.DataFrame({"driver_id": list(range(40)) * 2, "event_timestamp": asked})
 rows = store.get_historical_features(entities, features=["stats:rate"])
 rows = rows.assign(label=rows["rate"] * 3, split=["train", "train", "valid", "test"] * 20)
+training_set = TrainingSet(rows, ["rate"], "label", "split", rows.attrs.get("table_versions", {}))
+spec = TrainingSpec("reg:squarederror", "mae")
+# Tune's checkpoints under this node's home would be out of reach of trials on the other node: refused
+on_disk = config.model_copy(update={"ray": config.ray.model_copy(update={"storage_uri": config.home + "/ray_results"})})
+try:
+    train_and_register(on_disk, training_set, usecase="demo", spec=spec, feature_service="svc",
+                       model_name="cluster_mode", num_samples=1, num_boost_round=5, alias=None)
+    out["tune_on_disk"] = None
+except ConfigError as exc:
+    out["tune_on_disk"] = str(exc)
 report = train_and_register(
     config, TrainingSet(rows, ["rate"], "label", "split", rows.attrs.get("table_versions", {})), usecase="demo",
     spec=TrainingSpec("reg:squarederror", "mae"), feature_service="svc", model_name="cluster_mode",
@@ -225,6 +236,11 @@ def test_the_model_trained_on_the_cluster_is_registered_and_features_materialize
 ) -> None:
     assert cluster_mode["registered"] == ["cluster_mode", "1"]
     assert cluster_mode["written"] == {"stats": 40}
+
+
+def test_tune_checkpoints_on_a_nodes_disk_are_refused_by_name(cluster_mode: dict[str, object]) -> None:
+    message = cluster_mode["tune_on_disk"]
+    assert isinstance(message, str) and "ray.storage_uri" in message and "2 nodes" in message
 
 
 def test_the_worker_node_reads_online_features_and_loads_the_registered_model(cluster_mode: dict[str, object]) -> None:
