@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from ml_system.config_pipelines import PipelinesConfig
+from ml_system.config_streaming import StreamingConfig
 from ml_system.errors import ConfigError
 
 ENV_PREFIX = "MLSYS_"
@@ -359,6 +360,7 @@ class PlatformConfig(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
     teams: TeamsConfig = Field(default_factory=TeamsConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
 
     def resolved(self) -> PlatformConfig:
         """Fill every empty location from ``home`` and make local paths absolute."""
