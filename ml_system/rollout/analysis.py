@@ -75,7 +75,9 @@ def read_log(config: PlatformConfig, model: str, versions: tuple[str, str], sinc
     offline = FeatureStore(config).offline
     table = config.rollout.prediction_log.table
     if not offline.exists(table):
-        return pd.DataFrame(columns=["request_id", "model_version", "arm", "prediction", "status", "latency_ms"])
+        return pd.DataFrame(
+            columns=["request_id", "logged_at", "model_version", "arm", "prediction", "status", "latency_ms"]
+        )
     frame = offline.read_pandas(table)
     logged = pd.to_datetime(frame["logged_at"], utc=True)
     keep = (frame["model_name"] == model) & frame["model_version"].isin(versions) & (logged > pd.Timestamp(since))
@@ -112,10 +114,16 @@ def analyse(
     metric: str,
     higher_is_better: bool,
     feedback: Feedback | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> StepAnalysis:
+    """Judge a step's rows; ``reference`` (the champion's rows of the whole rollout) stands in for the
+    champion arm when the step gives it too little traffic: the 100 % step gives it none."""
     challenger_arm = "shadow" if shadow else "challenger"
     ours = rows[(rows["model_version"] == challenger) & (rows["arm"] == challenger_arm)].reset_index(drop=True)
     theirs = rows[(rows["model_version"] == champion) & (rows["arm"] == "champion")].reset_index(drop=True)
+    if reference is not None and theirs["request_id"].nunique() < thresholds.min_requests:
+        theirs = reference[(reference["model_version"] == champion) & (reference["arm"] == "champion")]
+        theirs = theirs.reset_index(drop=True)
     judge_quality = thresholds.max_metric_loss is not None and feedback is not None
     ours_stats = arm_stats(ours, metric, feedback(ours) if judge_quality and not ours.empty else None)
     theirs_stats = arm_stats(theirs, metric, feedback(theirs) if judge_quality and not theirs.empty else None)

@@ -54,7 +54,7 @@ class Thresholds(BaseModel):
     def _something_to_check(self) -> Thresholds:
         limits = (self.max_error_rate, self.max_p99_ms, self.max_p99_ratio, self.max_psi, self.max_metric_loss)
         if all(v is None for v in limits):
-            raise ValueError("every threshold is off: a step could never fail; set at least one")
+            raise ValueError("every threshold is off, so a step could never fail; set at least one")
         return self
 
 
@@ -84,12 +84,12 @@ class RolloutConfig(BaseModel):
             raise ValueError("steps: give at least one weight")
         for i, w in enumerate(self.steps):
             if not 0 < w <= 100:
-                raise ValueError(f"steps[{i}]: weight {w} is outside (0, 100]")
+                raise ValueError(f"steps[{i}]: weight {w:g} is outside (0, 100]")
         for i in range(1, len(self.steps)):
             if self.steps[i] <= self.steps[i - 1]:
-                raise ValueError(f"steps[{i}]: weight {self.steps[i]} does not increase on {self.steps[i - 1]}")
+                raise ValueError(f"steps[{i}]: weight {self.steps[i]:g} does not increase on {self.steps[i - 1]:g}")
         if self.auto_promote and self.steps[-1] != 100:
-            raise ValueError(f"steps: the last weight is {self.steps[-1]}; auto_promote needs it to reach 100")
+            raise ValueError(f"steps: the last weight is {self.steps[-1]:g}; auto_promote needs it to reach 100")
         return self
 
 
@@ -98,8 +98,11 @@ def parse_rollout(data: Any, source: str = "rollout config") -> RolloutConfig:
         return RolloutConfig.model_validate(data or {})
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise RolloutError(f"{source}: field '{field}': {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(p) for p in first["loc"])
+        if not field and ": " in msg:  # a check across fields names its field first
+            field, msg = msg.split(": ", 1)
+        raise RolloutError(f"{source}: field '{field or '(top level)'}': {msg}") from None
 
 
 def load_rollout(path: str | Path) -> RolloutConfig:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
+import pandas as pd
+
 from ml_system.config import PlatformConfig
 from ml_system.errors import ModelNotFoundError, RolloutError
 from ml_system.rollout import access
@@ -118,7 +120,10 @@ class RolloutController:
         elapsed = (datetime.now(UTC) - started).total_seconds()
         if elapsed < plan.step_s:
             return state, None
-        rows = read_log(self.config, state.model, (state.champion, state.challenger), started)
+        everything = read_log(
+            self.config, state.model, (state.champion, state.challenger), datetime.fromisoformat(state.started_at)
+        )
+        rows = everything[pd.to_datetime(everything["logged_at"], utc=True) > pd.Timestamp(started)]
         assert self.usecase.training is not None
         metric = self.usecase.training.metric
         feedback = None
@@ -127,7 +132,7 @@ class RolloutController:
             feedback = lambda frame: fb(config, frame)  # noqa: E731
         result = analyse(
             rows, state.champion, state.challenger, state.strategy == "shadow", plan.thresholds, metric,
-            HIGHER_IS_BETTER.get(metric, True), feedback,
+            HIGHER_IS_BETTER.get(metric, True), feedback, everything,
         )  # fmt: skip
         event = {"step": state.step, "weight": state.weight, "analysis": result.summary()}
         if not result.ready:
