@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import setup
 
 from ml_system.errors import MLSystemError
-from ml_system.rollout.config import load_rollout
 from ml_system.rollout.controller import RolloutController
 from ml_system.teams.identity import TOKEN_ENV
 
@@ -32,7 +31,7 @@ def main() -> None:
     controller = RolloutController(config, usecase)
     try:
         if args.plan:
-            state = controller.start(load_rollout(args.plan), os.environ.get(TOKEN_ENV))
+            state = controller.start(Path(args.plan), os.environ.get(TOKEN_ENV))
             print(f"rollout {state.id} started at {state.weight}%", flush=True)
 
         def show(state, result) -> None:  # type: ignore[no-untyped-def]

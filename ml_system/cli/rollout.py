@@ -46,16 +46,14 @@ def rollout_start(
     home: str | None = HomeOpt,
 ) -> None:
     """Start a rollout of the challenger; with --wait, step it to promotion or rollback (exit 3 on rollback)."""
-    from ml_system.rollout.config import load_rollout
+    from pathlib import Path
 
     controller = _controller(config, home, usecase)
-    parsed = load_rollout(plan)
-    if usecase is None:
-        parsed = parsed.model_copy(update={"usecase": controller.usecase.name})
-    state = controller.start(parsed, token)
+    state = controller.start(Path(plan), token)
+    steps, step_s = state.config["steps"], state.config["step_s"]
     console.print(
         f"rollout {state.id} started: {state.strategy} of {state.model} v{state.challenger} beside champion "
-        f"v{state.champion}, steps {parsed.steps}, {parsed.step_s:g} s each; now at {state.weight}%"
+        f"v{state.champion}, steps {[f'{w:g}' for w in steps]}, {step_s:g} s each; now at {state.weight}%"
     )
     if wait:
         _follow(controller, tick_s)

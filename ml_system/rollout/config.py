@@ -61,7 +61,8 @@ class Thresholds(BaseModel):
 class RolloutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    usecase: str = "flights"
+    usecase: str | None = None
+    """The use case it is for; None: the one the command names."""
     strategy: Literal["canary", "blue_green", "shadow"] = "canary"
     version: str | None = Field(None, pattern=r"^[0-9]{1,9}$")
     """The version to roll out (default: the ``challenger`` alias)."""

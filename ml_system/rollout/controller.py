@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -25,7 +26,7 @@ from ml_system.errors import ModelNotFoundError, RolloutError
 from ml_system.rollout import access
 from ml_system.rollout.analysis import StepAnalysis, analyse, read_log
 from ml_system.rollout.audit import AuditEntry, AuditLog
-from ml_system.rollout.config import RolloutConfig
+from ml_system.rollout.config import RolloutConfig, load_rollout
 from ml_system.rollout.gate import HIGHER_IS_BETTER
 from ml_system.rollout.promotion import move_champion
 from ml_system.rollout.state import RolloutState, RolloutStore, now
@@ -46,8 +47,8 @@ class RolloutController:
         self.audit = AuditLog(config.rollout.uri)
 
     # ---- actions a person takes (token checked, audited) ---------------------------------------
-    def start(self, plan: RolloutConfig, token: str | None) -> RolloutState:
-        """Validate and begin a rollout; refused (and audited) before anything moves."""
+    def start(self, plan: RolloutConfig | Path, token: str | None) -> RolloutState:
+        """Validate and begin a rollout (``plan`` given, or a YAML file); refused and audited before anything moves."""
         uc, model = self.usecase, self.usecase.model_name
         team = access.check(self.config, uc.name, token, "rollout_start", model)
 
@@ -55,7 +56,13 @@ class RolloutController:
             self.audit.append(AuditEntry("rollout_start", uc.name, "refused", team.name, why, model))
             return RolloutError(f"rollout of '{model}' refused: {why}; nothing changed")
 
-        if plan.usecase != uc.name:
+        if isinstance(plan, Path):
+            try:
+                plan = load_rollout(plan)
+            except RolloutError as exc:
+                raise refuse(str(exc)) from None
+
+        if plan.usecase not in (None, uc.name):
             raise refuse(f"the rollout config names use case '{plan.usecase}', not '{uc.name}'")
         if plan.thresholds.max_metric_loss is not None and uc.feedback is None:
             raise refuse(f"thresholds.max_metric_loss needs labels, and use case '{uc.name}' has no feedback source")
@@ -225,10 +232,6 @@ def start_from_pipeline(config: PlatformConfig, usecase: UseCase, model_version:
     from ``<rollout.uri>/<usecase>.yaml`` when present. The rollout then needs a controller
     (``jobs/rollout.py``) to advance.
     """
-    from pathlib import Path
-
-    from ml_system.rollout.config import load_rollout
-
     path = Path(config.rollout.uri) / f"{usecase.name}.yaml"
     plan = load_rollout(path) if path.exists() else RolloutConfig(usecase=usecase.name)
     plan = plan.model_copy(update={"version": model_version, "usecase": usecase.name})

@@ -168,3 +168,56 @@ def test_the_gate_decides_promotion_and_every_attempt_is_audited(ray_cluster: st
     log.path.write_text("\n".join(lines) + "\n")
     assert log.verify() == [4]
     assert mlsys("models", "audit", "-u", "tiny", config_path=config_path, token=None).returncode == 1
+
+    # rollouts through the CLI: a bad plan and a wrong token are refused before anything moves, one
+    # rollout per use case at a time, a promotion waits for it, abort sends traffic back to the champion
+    from ml_system.serving.route_plan import RoutePlanStore
+
+    tracking.client(config.mlflow).set_registered_model_alias(MODEL, tracking.CHALLENGER, worse)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("usecase: tiny\nsteps: [10, 5, 100]\n")
+    good = tmp_path / "canary.yaml"
+    good.write_text("usecase: tiny\nsteps: [10, 50, 100]\nstep_s: 60\n")
+    one_line_error(
+        mlsys("rollout", "start", "-u", "tiny", "--plan", str(bad), config_path=config_path, token=owner_token),
+        "field 'steps[1]': weight 5 does not increase on 10",
+    )
+    one_line_error(
+        mlsys("rollout", "start", "-u", "tiny", "--plan", str(good), config_path=config_path, token=other_token),
+        "not 'owners'",
+    )
+    plans = RoutePlanStore(config.rollout.uri)
+    assert plans.read("tiny").strategy == "none"
+    out = mlsys("rollout", "start", "-u", "tiny", "--plan", str(good), config_path=config_path, token=owner_token)
+    assert out.returncode == 0 and f"canary of {MODEL} v{worse}" in out.stdout and "now at 10%" in out.stdout
+    plan = plans.read("tiny")
+    assert (plan.strategy, plan.challenger_version, plan.weight) == ("canary", worse, 10.0)
+    one_line_error(
+        mlsys("rollout", "start", "-u", "tiny", "--plan", str(good), config_path=config_path, token=owner_token),
+        "under way",
+    )
+    one_line_error(
+        mlsys(
+            "models", "promote", "-u", "tiny", "--force", "--reason", "x", config_path=config_path, token=owner_token
+        ),
+        "under way",
+    )
+    status = mlsys("rollout", "status", "-u", "tiny", config_path=config_path, token=None)
+    assert status.returncode == 0 and "running, canary" in status.stdout and "at 10%" in status.stdout
+    one_line_error(
+        mlsys("rollout", "abort", "-u", "tiny", "--reason", "x", config_path=config_path, token=other_token),
+        "not 'owners'",
+    )
+    out = mlsys("rollout", "abort", "-u", "tiny", "--reason", "on-call", config_path=config_path, token=owner_token)
+    assert out.returncode == 0 and "aborted" in out.stdout
+    assert plans.read("tiny").strategy == "none" and champion(config) == second.model_version
+    actions = [(e.action, e.outcome, e.who) for e in AuditLog(config.rollout.uri).entries("tiny")][-7:]
+    assert actions == [
+        ("rollout_start", "refused", "owners"),  # the plan
+        ("rollout_start", "refused", "unknown"),  # the token
+        ("rollout_start", "done", "owners"),
+        ("rollout_start", "refused", "owners"),  # a second one
+        ("force_promote", "refused", "owners"),
+        ("abort", "refused", "unknown"),
+        ("abort", "done", "owners"),
+    ]
