@@ -35,8 +35,8 @@ def main() -> None:
             print(f"rollout {state.id} started at {state.weight}%", flush=True)
 
         def show(state, result) -> None:  # type: ignore[no-untyped-def]
-            if state is not None and result is not None:
-                print(f"step {state.step} ({state.weight}%): {result.summary()}", flush=True)
+            if result is not None:
+                print(f"step {result.step} ({result.weight:g}%): {result.summary()}", flush=True)
 
         final = controller.run(args.tick_s, on_tick=show)
     except MLSystemError as exc:

@@ -22,14 +22,17 @@ def _controller(config: str | None, home: str | None, usecase: str | None):  # t
 
 
 def _follow(controller, tick_s: float | None) -> None:  # type: ignore[no-untyped-def]
+    shown = [""]
+
     def show(state, result) -> None:  # type: ignore[no-untyped-def]
-        if result is not None:
-            where = f"step {state.step} ({state.weight}%)" if state is not None else ""
-            console.print(f"{where}: {result.summary()}")
+        if result is not None and result.summary() != shown[0]:
+            shown[0] = result.summary()
+            console.print(f"step {result.step} ({result.weight:g}%): {shown[0]}", soft_wrap=True)
 
     state = controller.run(tick_s, on_tick=show)
     if state is not None:
-        console.print(f"rollout {state.id}: {state.status} (v{state.champion} -> v{state.challenger}): {state.reason}")
+        outcome = f"rollout {state.id}: {state.status} (v{state.champion} -> v{state.challenger}): {state.reason}"
+        console.print(outcome, soft_wrap=True)
         if state.status in ("rolled_back", "aborted"):
             raise typer.Exit(3)
 
@@ -53,7 +56,7 @@ def rollout_start(
     steps, step_s = state.config["steps"], state.config["step_s"]
     console.print(
         f"rollout {state.id} started: {state.strategy} of {state.model} v{state.challenger} beside champion "
-        f"v{state.champion}, steps {[f'{w:g}' for w in steps]}, {step_s:g} s each; now at {state.weight}%"
+        f"v{state.champion}, steps {' -> '.join(f'{w:g}' for w in steps)} %, {step_s:g} s each; now at {state.weight}%"
     )
     if wait:
         _follow(controller, tick_s)

@@ -3,8 +3,9 @@
 The evidence is what the replicas logged while the step ran (rows of this rollout's two versions
 with ``logged_at`` after the step began), so the analysis needs no access to the replicas and
 gives the same answer when a restarted controller runs it again. The champion arm, served in the
-same step, is the reference for latency and for the prediction distribution; for a shadow the
-challenger's rows are the mirrored copies.
+same step, is the reference for latency. Predictions are compared on the same requests: the
+champion scores a mirror of every request the challenger answers (arm ``reference``), and a
+shadow challenger scores a mirror of every request the champion answers.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ class StepAnalysis:
     champion: ArmStats
     challenger: ArmStats
     psi: float | None = None
+    paired_mean_abs_diff: float | None = None
+    """Mean |challenger - champion| over the same requests' rows (shadow, or the canary's reference)."""
     notes: list[str] = field(default_factory=list)
+    step: int = 0
+    weight: float = 0.0
+    """Which step this judged, at which weight (set by the controller)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +66,8 @@ class StepAnalysis:
         parts.append(f"champion {self.champion.requests} req, p99 {_ms(self.champion.p99_ms)}")
         if self.psi is not None:
             parts.append(f"psi {self.psi:.3f}")
+        if self.paired_mean_abs_diff is not None:
+            parts.append(f"mean |diff| on the same requests {self.paired_mean_abs_diff:.4f}")
         if ch.metric is not None and self.champion.metric is not None:
             parts.append(f"metric {ch.metric:.4f} vs {self.champion.metric:.4f}")
         verdict = "pass" if self.passed else ("fail: " + "; ".join(self.reasons) if self.ready else "waiting")
@@ -145,12 +153,20 @@ def analyse(
         ratio = ours_stats.p99_ms / theirs_stats.p99_ms
         if ratio > t.max_p99_ratio:
             reasons.append(f"p99 {ours_stats.p99_ms:.1f} ms is {ratio:.2f}x the champion's (limit {t.max_p99_ratio}x)")
+    # the champion's answers to the same requests (shadow: its own arm; canary: the mirrored reference)
+    same = theirs if shadow else rows[(rows["model_version"] == champion) & (rows["arm"] == "reference")]
+    base = same if len(same) else theirs
     ok_ours = ours.loc[ours["status"] == "ok", "prediction"].to_numpy(dtype=float)
-    ok_theirs = theirs.loc[theirs["status"] == "ok", "prediction"].to_numpy(dtype=float)
-    if len(ok_ours) and len(ok_theirs):
-        result.psi = population_stability_index(ok_theirs, ok_ours)
+    ok_base = base.loc[base["status"] == "ok", "prediction"].to_numpy(dtype=float)
+    if len(ok_ours) and len(ok_base):
+        result.psi = population_stability_index(ok_base, ok_ours)
         if t.max_psi is not None and result.psi > t.max_psi:
             reasons.append(f"prediction shift PSI {result.psi:.3f} above {t.max_psi}")
+    if len(same) and "input_sha256" in rows.columns:
+        keys = ["request_id", "input_sha256"]
+        pairs = ours[ours["status"] == "ok"].merge(same[same["status"] == "ok"], on=keys, suffixes=("", "_c"))
+        if len(pairs):
+            result.paired_mean_abs_diff = float((pairs["prediction"] - pairs["prediction_c"]).abs().mean())
     if judge_quality:
         if min(ours_stats.labelled, theirs_stats.labelled) < t.min_labels:
             result.notes.append(f"quality not judged: fewer than {t.min_labels} labelled rows per arm")

@@ -141,6 +141,7 @@ class RolloutController:
             rows, state.champion, state.challenger, state.strategy == "shadow", plan.thresholds, metric,
             HIGHER_IS_BETTER.get(metric, True), feedback, everything,
         )  # fmt: skip
+        result.step, result.weight = state.step, state.weight
         event = {"step": state.step, "weight": state.weight, "analysis": result.summary()}
         if not result.ready:
             if elapsed > plan.max_step_wait_s:
@@ -207,7 +208,7 @@ class RolloutController:
     def _finish(
         self, state: RolloutState, status: str, who: str, reason: str, result: StepAnalysis | None = None
     ) -> RolloutState:
-        if status == "promoted" and state.strategy != "shadow":
+        if status == "promoted":
             move_champion(self.config, state.model, state.challenger, state.champion, who)
         event = {"step": state.step, "weight": state.weight, "status": status, "reason": reason}
         if result is not None:

@@ -5,7 +5,9 @@ a request's key (the ``x-session-id`` header, else the entity of its first row, 
 is hashed to a bucket in [0, 100), and buckets below the plan's weight go to the challenger. The
 same key lands on the same arm on every replica and every step, and raising the weight only moves
 keys from champion to challenger, never back. A shadow plan answers with the champion and scores
-the challenger on a copy in the background; both answers go to the prediction log.
+the challenger on a copy in the background; both answers go to the prediction log. Likewise, a
+request the challenger answers in a canary is scored by the champion in the background (arm
+``reference``), so the analysis compares both models on the same inputs.
 
 Every ``alias_poll_s`` a background task of the replica (1) resolves the champion alias and, when
 it moved, loads the new version beside the serving one and swaps it in (``Scorer.switch``), and
@@ -33,7 +35,7 @@ from ml_system.training import tracking
 
 log = logging.getLogger("ml_system.serving")
 
-CHAMPION_ARM, CHALLENGER_ARM, SHADOW_ARM = "champion", "challenger", "shadow"
+CHAMPION_ARM, CHALLENGER_ARM, SHADOW_ARM, REFERENCE_ARM = "champion", "challenger", "shadow", "reference"
 RESOLVE_TIMEOUT_S = 10.0
 MAX_SHADOW_IN_FLIGHT = 256
 
@@ -184,10 +186,14 @@ class Router:
             raise
         self._record(rows, scored, scorer, arm, request_id, t0)
         if shadow is not None:
-            self._mirror(shadow, rows, request_id)
+            self._mirror(shadow, rows, request_id, SHADOW_ARM)
+        elif arm == CHALLENGER_ARM and self.plan.routes and self.log.enabled:
+            # the champion's answer to the same rows, logged only: the analysis compares the two
+            # models on the same inputs rather than on two different samples of traffic
+            self._mirror(self.primary, rows, request_id, REFERENCE_ARM)
         return scored, arm
 
-    def _mirror(self, shadow: Scorer, rows: list[ScoreRow], request_id: str) -> None:
+    def _mirror(self, shadow: Scorer, rows: list[ScoreRow], request_id: str, arm: str) -> None:
         if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
             self.shadow_skipped += 1
             return
@@ -197,9 +203,9 @@ class Router:
             try:
                 scored = await shadow.score(rows)
             except Exception:  # noqa: BLE001 - a shadow's failure is recorded, never seen by the caller
-                self._record(rows, None, shadow, SHADOW_ARM, request_id, t0)
+                self._record(rows, None, shadow, arm, request_id, t0)
                 return
-            self._record(rows, scored, shadow, SHADOW_ARM, request_id, t0)
+            self._record(rows, scored, shadow, arm, request_id, t0)
 
         task = asyncio.get_running_loop().create_task(run())
         self._shadows.add(task)

@@ -189,7 +189,7 @@ def test_the_gate_decides_promotion_and_every_attempt_is_audited(ray_cluster: st
     plans = RoutePlanStore(config.rollout.uri)
     assert plans.read("tiny").strategy == "none"
     out = mlsys("rollout", "start", "-u", "tiny", "--plan", str(good), config_path=config_path, token=owner_token)
-    assert out.returncode == 0 and f"canary of {MODEL} v{worse}" in out.stdout and "now at 10%" in out.stdout
+    assert out.returncode == 0 and f"canary of {MODEL} v{worse}" in out.stdout and "now at 10%" in out.stdout and "10 -> 50 -> 100 %" in out.stdout
     plan = plans.read("tiny")
     assert (plan.strategy, plan.challenger_version, plan.weight) == ("canary", worse, 10.0)
     one_line_error(

@@ -1,4 +1,5 @@
-"""Constant HTTP load for rollout tests and the rollout benchmark: every answer recorded, failures counted."""
+"""Constant HTTP load for rollout tests and the rollout benchmark (every answer recorded, failures counted), and
+a challenger that should never pass a rollout."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from ml_system.config import PlatformConfig
+from ml_system.training import mlflow_model, tracking
+from ml_system.training.model_artifact import ModelSpec
+
+NAME = "flight_delay"
 
 
 @dataclass
@@ -70,3 +81,21 @@ class Load:
 
     def failed(self) -> list[Answer]:
         return [a for a in self.answers if a.status != 200]
+
+
+def register_random(config: PlatformConfig) -> str:
+    """A well-formed challenger that reads the right features but predicts noise around 0.5."""
+    champion = tracking.resolve(config.mlflow, NAME)
+    _, spec = mlflow_model.load_model(config.mlflow, champion)
+    columns = list(spec.feature_columns)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, len(columns))).astype(np.float32)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "nthread": 1},
+        xgb.DMatrix(x, label=rng.integers(0, 2, 500).astype(float), feature_names=columns),
+        10,
+    )
+    random_spec = ModelSpec(columns, spec.feature_service, spec.label, spec.objective, spec.threshold)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(config.mlflow, "random_challengers")):
+        logged = mlflow_model.log_model(booster, random_spec, input_example=pd.DataFrame(x[:3], columns=columns))
+    return mlflow_model.register_model(config.mlflow, logged, NAME, tags={}, alias=tracking.CHALLENGER).version

@@ -9,23 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import mlflow
-import numpy as np
-import pandas as pd
 import pytest
-import xgboost as xgb
 
 from ml_system.config import PlatformConfig
 from ml_system.features import FeatureStore
 from ml_system.rollout.config import RolloutConfig, Thresholds
 from ml_system.rollout.controller import RolloutController
 from ml_system.serving.route_plan import RoutePlanStore
-from ml_system.training import mlflow_model, tracking
-from ml_system.training.model_artifact import ModelSpec
+from ml_system.training import tracking
 from ml_system.usecase import load_usecase
 from ml_system.usecases.flights.demo import demo_flights, flights_from_frame
 from tests.serving.conftest import Deployer
-from tests.serving.rollout_load import Answer, Load
+from tests.serving.rollout_load import Answer, Load, register_random
 from tests.serving.test_live_model import copy_of_champion
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,24 +64,6 @@ def versions_never_go_back(answers: list[Answer], old: str, new: str) -> None:
         else:
             assert a.version == old, a
             assert a.key not in seen_new, f"flight {a.key} went back to v{old} after v{new}"
-
-
-def register_random(config: PlatformConfig) -> str:
-    """A well-formed challenger that reads the right features but predicts noise around 0.5."""
-    champion = tracking.resolve(config.mlflow, NAME)
-    _, spec = mlflow_model.load_model(config.mlflow, champion)
-    columns = list(spec.feature_columns)
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(500, len(columns))).astype(np.float32)
-    booster = xgb.train(
-        {"objective": "binary:logistic", "nthread": 1},
-        xgb.DMatrix(x, label=rng.integers(0, 2, 500).astype(float), feature_names=columns),
-        10,
-    )
-    random_spec = ModelSpec(columns, spec.feature_service, spec.label, spec.objective, spec.threshold)
-    with mlflow.start_run(experiment_id=tracking.experiment_id(config.mlflow, "random_challengers")):
-        logged = mlflow_model.log_model(booster, random_spec, input_example=pd.DataFrame(x[:3], columns=columns))
-    return mlflow_model.register_model(config.mlflow, logged, NAME, tags={}, alias=tracking.CHALLENGER).version
 
 
 def run_rollout(controller: RolloutController, seconds: float = 180) -> Any:
@@ -188,8 +165,57 @@ def test_a_canary_steps_up_and_promotes_and_a_bad_one_rolls_back_with_no_failed_
     by_arm = defaultdict(int)
     for arm in mine["arm"]:
         by_arm[arm] += 1
-    assert by_arm["challenger"] > 0 and by_arm["champion"] > 0
+    assert by_arm["challenger"] > 0 and by_arm["champion"] > 0 and by_arm["reference"] > 0
     assert mine["request_id"].str.len().gt(0).all()
     entries = [(e.action, e.outcome) for e in controller.audit.entries("flights")]
     assert ("rollout_promote", "done") in entries and ("rollback", "done") in entries
     assert ("rollout_start", "refused") in entries
+
+
+def test_shadow_answers_are_logged_beside_the_champions_and_blue_green_switches_and_rolls_back_at_once(
+    deploy: Deployer,
+    served_home: PlatformConfig,
+    demo_rows: list[dict[str, Any]],
+    champion_restored: str,
+    token: str,
+) -> None:
+    flights = load_usecase("flights")
+    controller = RolloutController(served_home, flights)
+    blue = champion_restored
+    url = deploy("colours", user_config=FAST, num_replicas=1)
+    load = Load(url, flights_from_frame(demo_flights(served_home, hours=8)), threads=4).start()
+    try:
+        wait_until(lambda: len(load.answers) > 30, what="first answers")
+        # shadow: callers only ever see the champion; the challenger scores a mirror of every request
+        green = copy_of_champion(served_home)
+        tracking.client(served_home.mlflow).set_registered_model_alias(NAME, "challenger", green)
+        limits = Thresholds(min_requests=30, max_p99_ratio=None, max_psi=0.5)
+        shadow = controller.start(RolloutConfig(strategy="shadow", steps=[1], step_s=3, thresholds=limits), token)
+        t_shadow = time.monotonic()
+        held = controller.run(tick_s=0.3)
+        assert held is not None and held.running and held.history[-1]["hold"], held
+        assert "mean |diff| on the same requests 0.0000" in held.history[-1]["analysis"]
+        assert {(a.version, a.arm) for a in load.since(t_shadow)} == {(blue, "champion")}
+        controller.abort(token, "shadow seen")
+
+        # blue-green: green takes all traffic in one switch, and an abort gives it all back to blue
+        controller.start(RolloutConfig(strategy="blue_green", step_s=600, thresholds=limits), token)
+        t_green = time.monotonic()
+        wait_until(lambda: any(a.version == green for a in load.since(t_green)), what="green answers")
+        switched = time.monotonic() + 0.5
+        wait_until(lambda: len(load.since(switched)) > 40, what="answers after the switch")
+        assert {a.version for a in load.since(switched)} == {green}
+        controller.abort(token, "blue-green drill")
+        t_back = time.monotonic()
+        wait_until(lambda: any(a.version == blue for a in load.since(t_back)), what="blue answers")
+        settled = time.monotonic() + 0.5
+        wait_until(lambda: len(load.since(settled)) > 40, what="answers after the rollback")
+        assert {a.version for a in load.since(settled)} == {blue}
+    finally:
+        load.stop()
+    assert not load.failed(), load.failed()[:5]
+    table = FeatureStore(served_home).offline.read_pandas("prediction_log")
+    mirrored = table[(table["arm"] == "shadow") & (table["model_version"] == green)]
+    answered = table[(table["arm"] == "champion") & (table["model_version"] == blue)]
+    assert len(mirrored) > 0 and set(mirrored["request_id"]) <= set(answered["request_id"])
+    assert shadow.strategy == "shadow"
