@@ -219,3 +219,41 @@ def test_shadow_answers_are_logged_beside_the_champions_and_blue_green_switches_
     answered = table[(table["arm"] == "champion") & (table["model_version"] == blue)]
     assert len(mirrored) > 0 and set(mirrored["request_id"]) <= set(answered["request_id"])
     assert shadow.strategy == "shadow"
+
+
+def test_a_rollout_survives_a_restarted_controller_replica_and_serve_controller_and_a_redeploy(
+    deploy: Deployer,
+    served_home: PlatformConfig,
+    champion_restored: str,
+    token: str,
+) -> None:
+    import ray
+    from ray.serve.context import _get_global_client
+
+    flights = load_usecase("flights")
+    old = champion_restored
+    new = copy_of_champion(served_home)
+    tracking.client(served_home.mlflow).set_registered_model_alias(NAME, "challenger", new)
+    limits = Thresholds(min_requests=30, max_error_rate=0.0, max_p99_ratio=None, max_psi=0.5)
+    plan = RolloutConfig(steps=[40, 100], step_s=3, max_step_wait_s=90, thresholds=limits)
+    state = RolloutController(served_home, flights).start(plan, token)
+    # the app starts after the rollout began: a replica (re)started mid-rollout reads the plan and splits at once
+    url = deploy("durable", user_config=FAST, num_replicas=1)
+    load = Load(url, flights_from_frame(demo_flights(served_home, hours=8)), threads=4).start()
+    try:
+        wait_until(lambda: {a.arm for a in load.answers} >= {"champion", "challenger"}, what="both arms")
+        # Serve's controller dies and comes back; the replicas keep answering and keep the split
+        ray.kill(_get_global_client()._controller, no_restart=False)
+        t_kill = time.monotonic()
+        wait_until(lambda: len(load.since(t_kill)) > 40, what="answers after the controller restart")
+        # a changed user_config arrives by redeploy, in place, in the middle of the rollout
+        deploy("durable", user_config={**FAST, "max_batch_size": 16}, num_replicas=1)
+        wait_until(lambda: httpx.get(f"{url}/info", timeout=30).json()["max_batch_size"] == 16, what="new config")
+        # a new controller object (a restarted `jobs/rollout.py`) carries on from the stored step
+        done = run_rollout(RolloutController(served_home, flights))
+        assert done.id == state.id and done.status == "promoted", done.reason
+        wait_until(lambda: httpx.get(f"{url}/info", timeout=30).json()["model_version"] == new, what="promotion")
+    finally:
+        load.stop()
+    assert load.answers and not load.failed(), load.failed()[:5]
+    assert {a.version for a in load.answers} == {old, new}
