@@ -10,7 +10,7 @@ drives the transitions with the real CLI (``mlsys rollout start --wait``), whose
 
 1. a challenger identical in behaviour to the champion goes 10 -> 50 -> 100 % and is promoted;
 2. a challenger that predicts noise is rolled back automatically at its first step;
-3. the app is redeployed with a changed ``user_config`` (batch size), applied in place.
+3. ``serve deploy`` of the shipped config with a changed ``user_config`` (batch size), applied in place.
 
 A request fails when it gets anything but a 200 (a 503 included) or no answer. The last line is
 ``RESULT rollout requests=... failed=... p99_ms=... rps=...``.
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,9 +37,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 from ray import serve  # noqa: E402
 
 from ml_system.config import load_config  # noqa: E402
-from ml_system.serving.app import AppArgs, build_app  # noqa: E402
-from ml_system.serving.deploy import free_port, run_app  # noqa: E402
-from ml_system.serving.settings import ScorerSettings  # noqa: E402
+from ml_system.serving.deploy import deploy_config, free_port  # noqa: E402
 from ml_system.teams.groups import load_groups  # noqa: E402
 from ml_system.teams.identity import TokenStore  # noqa: E402
 from ml_system.training import tracking  # noqa: E402
@@ -79,6 +78,7 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MLSYS_HOME", str(Path.home() / ".mlsys")))
     parser.add_argument("--quick", action="store_true", help="3 s steps, 5 s steady windows")
     parser.add_argument("--threads", type=int, default=8, help="HTTP clients posting without pause")
+    parser.add_argument("--keep-home", action="store_true", help="keep the copied home (audit log, rollout state)")
     args = parser.parse_args()
     source = Path(args.home).expanduser().resolve()
     if not (source / "online.db").exists() and not (source / "mlflow.db").exists():
@@ -100,13 +100,17 @@ def main() -> None:
     from ray.serve.context import _get_global_client
 
     port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
-    serving = config.serving.model_copy(update={"port": port})
 
-    def app(batch: int) -> object:
-        settings = ScorerSettings(alias_poll_s=0.5, max_batch_size=batch)
-        return build_app(AppArgs(usecase="flights", home=str(home), num_replicas=1, user_config=settings))
-
-    url = run_app(app(64), NAME, serving, route_prefix="/flights")
+    # the shipped Serve config, as `serve deploy` sends it: one replica, following the alias every 0.5 s
+    doc = yaml.safe_load((ROOT / "serve_configs" / "flight_delay.yaml").read_text())
+    doc["http_options"]["port"] = port
+    app = doc["applications"][0]
+    app.update({"route_prefix": "/flights"})
+    app["args"]["home"] = str(home)
+    deployment = app["deployments"][0]
+    deployment.update({"autoscaling_config": None, "num_replicas": 1})
+    deployment["user_config"]["alias_poll_s"] = 0.5
+    url = deploy_config(doc)[NAME]
     items = flights_from_frame(demo_flights(config, hours=8))
     print(f"app at {url}, {len(items)} distinct flights, {args.threads} clients", flush=True)
     load = Load(url, items, threads=args.threads).start()
@@ -142,7 +146,8 @@ def main() -> None:
             import httpx
 
             before = httpx.get(f"{url}/info", timeout=30).json()["served_by"]
-            serve.run(app(32), name=NAME, route_prefix="/flights", blocking=False)
+            deployment["user_config"]["max_batch_size"] = 32
+            deploy_config(doc)
             deadline = time.monotonic() + 120
             while (info := httpx.get(f"{url}/info", timeout=30).json())["max_batch_size"] != 32:
                 assert time.monotonic() < deadline, "the changed config never reached the replica"
@@ -156,7 +161,10 @@ def main() -> None:
         answers = load.stop()
         serve.shutdown()
         ray.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_home:
+            print(f"home kept at {home}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'transition':34} {'requests':>9} {'failed':>7} {'p99 ms':>8} {'req/s':>7}  versions")
     for r in results:

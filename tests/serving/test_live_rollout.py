@@ -15,6 +15,7 @@ from ml_system.config import PlatformConfig
 from ml_system.features import FeatureStore
 from ml_system.rollout.config import RolloutConfig, Thresholds
 from ml_system.rollout.controller import RolloutController
+from ml_system.serving.deploy import deploy_config
 from ml_system.serving.route_plan import RoutePlanStore
 from ml_system.training import tracking
 from ml_system.usecase import load_usecase
@@ -22,6 +23,7 @@ from ml_system.usecases.flights.demo import demo_flights, flights_from_frame
 from tests.serving.conftest import Deployer
 from tests.serving.rollout_load import Answer, Load, register_random
 from tests.serving.test_live_model import copy_of_champion
+from tests.serving.test_reconfigure_and_autoscaling import document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "flight_delay"
@@ -223,6 +225,7 @@ def test_shadow_answers_are_logged_beside_the_champions_and_blue_green_switches_
 
 def test_a_rollout_survives_a_restarted_controller_replica_and_serve_controller_and_a_redeploy(
     deploy: Deployer,
+    serve_port: int,
     served_home: PlatformConfig,
     champion_restored: str,
     token: str,
@@ -238,7 +241,12 @@ def test_a_rollout_survives_a_restarted_controller_replica_and_serve_controller_
     plan = RolloutConfig(steps=[40, 100], step_s=3, max_step_wait_s=90, thresholds=limits)
     state = RolloutController(served_home, flights).start(plan, token)
     # the app starts after the rollout began: a replica (re)started mid-rollout reads the plan and splits at once
-    url = deploy("durable", user_config=FAST, num_replicas=1)
+    doc = document(serve_port, served_home.home, "durable", {"autoscaling_config": None, "num_replicas": 1})
+    user_config = doc["applications"][0]["deployments"][0]["user_config"]
+    user_config.update(FAST)
+    url = deploy_config(doc)["durable"]
+    deploy.names.append("durable")
+    replica = httpx.get(f"{url}/info", timeout=30).json()["served_by"]
     load = Load(url, flights_from_frame(demo_flights(served_home, hours=8)), threads=4).start()
     try:
         wait_until(lambda: {a.arm for a in load.answers} >= {"champion", "challenger"}, what="both arms")
@@ -246,9 +254,11 @@ def test_a_rollout_survives_a_restarted_controller_replica_and_serve_controller_
         ray.kill(_get_global_client()._controller, no_restart=False)
         t_kill = time.monotonic()
         wait_until(lambda: len(load.since(t_kill)) > 40, what="answers after the controller restart")
-        # a changed user_config arrives by redeploy, in place, in the middle of the rollout
-        deploy("durable", user_config={**FAST, "max_batch_size": 16}, num_replicas=1)
+        # `serve deploy` of a changed user_config in the middle of the rollout: applied in place
+        user_config["max_batch_size"] = 16
+        deploy_config(doc)
         wait_until(lambda: httpx.get(f"{url}/info", timeout=30).json()["max_batch_size"] == 16, what="new config")
+        assert httpx.get(f"{url}/info", timeout=30).json()["served_by"] == replica
         # a new controller object (a restarted `jobs/rollout.py`) carries on from the stored step
         done = run_rollout(RolloutController(served_home, flights))
         assert done.id == state.id and done.status == "promoted", done.reason
