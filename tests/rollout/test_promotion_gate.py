@@ -189,7 +189,12 @@ def test_the_gate_decides_promotion_and_every_attempt_is_audited(ray_cluster: st
     plans = RoutePlanStore(config.rollout.uri)
     assert plans.read("tiny").strategy == "none"
     out = mlsys("rollout", "start", "-u", "tiny", "--plan", str(good), config_path=config_path, token=owner_token)
-    assert out.returncode == 0 and f"canary of {MODEL} v{worse}" in out.stdout and "now at 10%" in out.stdout and "10 -> 50 -> 100 %" in out.stdout
+    assert (
+        out.returncode == 0
+        and f"canary of {MODEL} v{worse}" in out.stdout
+        and "now at 10%" in out.stdout
+        and "10 -> 50 -> 100 %" in out.stdout
+    )
     plan = plans.read("tiny")
     assert (plan.strategy, plan.challenger_version, plan.weight) == ("canary", worse, 10.0)
     one_line_error(
@@ -221,3 +226,12 @@ def test_the_gate_decides_promotion_and_every_attempt_is_audited(ray_cluster: st
         ("abort", "refused", "unknown"),
         ("abort", "done", "owners"),
     ]
+
+    # the retraining pipeline's hook (`pipelines.canary`) starts a canary of the challenger it registered
+    from ml_system.rollout.controller import start_from_pipeline
+    from ml_system.rollout.state import RolloutStore
+
+    said = start_from_pipeline(config, usecase, worse)
+    running = RolloutStore(config.rollout.uri).active("tiny")
+    assert running is not None and running.started_by == "pipeline" and running.challenger == worse, said
+    assert plans.read("tiny").weight == 5.0 and AuditLog(config.rollout.uri).entries("tiny")[-1].who == "pipeline"
