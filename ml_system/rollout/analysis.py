@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
 from ml_system.config import PlatformConfig
 from ml_system.features import FeatureStore
@@ -86,10 +89,15 @@ def read_log(config: PlatformConfig, model: str, versions: tuple[str, str], sinc
         return pd.DataFrame(
             columns=["request_id", "logged_at", "model_version", "arm", "prediction", "status", "latency_ms"]
         )
-    frame = offline.read_pandas(table)
-    logged = pd.to_datetime(frame["logged_at"], utc=True)
-    keep = (frame["model_name"] == model) & frame["model_version"].isin(versions) & (logged > pd.Timestamp(since))
-    return frame[keep.to_numpy()].reset_index(drop=True)
+    # filtered in the scan: each flush wrote its own file with min/max statistics of ``logged_at``, so
+    # the files of earlier hours are skipped rather than read and dropped
+    wanted = (
+        (ds.field("model_name") == model)
+        & ds.field("model_version").isin(list(versions))
+        & (ds.field("logged_at") > pa.scalar(pd.Timestamp(since).to_pydatetime(), pa.timestamp("us", "UTC")))
+    )
+    dataset = DeltaTable(offline.table_uri(table), storage_options=offline.storage_options).to_pyarrow_dataset()
+    return dataset.to_table(filter=wanted).to_pandas().reset_index(drop=True)
 
 
 def arm_stats(rows: pd.DataFrame, metric: str, labels: pd.Series | None) -> ArmStats:

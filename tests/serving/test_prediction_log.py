@@ -4,7 +4,7 @@ batches to a real Delta table that the drift triggers and the rollout analysis r
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ml_system.config_rollout import PredictionLogConfig
@@ -85,3 +85,21 @@ def test_a_failed_write_is_counted_and_never_raises(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()) == 0
     assert plog.failed == 3 and plog.written == 0
+
+
+def test_the_analysis_reads_only_the_rollouts_versions_logged_since_the_step_began(tmp_path: Path) -> None:
+    from ml_system.rollout.analysis import read_log
+
+    config = make_config(tmp_path / "mlsys")
+    plog = PredictionLog(FeatureStore(config).offline, PredictionLogConfig())
+
+    async def scenario() -> None:
+        for request, version in (("a", "3"), ("b", "4"), ("c", "9")):
+            plog.add(rows(2, request, version))
+            await plog.flush()
+
+    asyncio.run(scenario())
+    hour_ago, in_an_hour = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
+    assert sorted(read_log(config, "flight_delay", ("3", "4"), hour_ago)["request_id"]) == ["a", "a", "b", "b"]
+    assert read_log(config, "flight_delay", ("3", "4"), in_an_hour).empty
+    assert read_log(config, "arrival_delay", ("3", "4"), hour_ago).empty
