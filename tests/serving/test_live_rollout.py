@@ -15,6 +15,7 @@ from ml_system.config import PlatformConfig
 from ml_system.features import FeatureStore
 from ml_system.rollout.config import RolloutConfig, Thresholds
 from ml_system.rollout.controller import RolloutController
+from ml_system.rollout.state import RolloutStore
 from ml_system.serving.deploy import deploy_config
 from ml_system.serving.route_plan import RoutePlanStore
 from ml_system.training import tracking
@@ -37,6 +38,10 @@ def champion_restored(served_home: PlatformConfig) -> Iterator[str]:
     yield original
     client = tracking.client(served_home.mlflow)
     client.set_registered_model_alias(NAME, "champion", original)
+    store = RolloutStore(served_home.rollout.uri)
+    left = store.active("flights")
+    if left is not None:  # a test that failed mid-rollout must not block the next one
+        store.update("flights", left.id, status="aborted", reason="test teardown")
     RoutePlanStore(served_home.rollout.uri).path("flights").unlink(missing_ok=True)
 
 
