@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from ml_system.config_pipelines import PipelinesConfig
+from ml_system.config_rollout import RolloutSettings
 from ml_system.config_streaming import StreamingConfig
 from ml_system.errors import ConfigError
 
@@ -361,6 +362,7 @@ class PlatformConfig(_Section):
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
     teams: TeamsConfig = Field(default_factory=TeamsConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     def resolved(self) -> PlatformConfig:
         """Fill every empty location from ``home`` and make local paths absolute."""
@@ -385,6 +387,7 @@ class PlatformConfig(_Section):
         teams = data["teams"]
         teams["resource_groups"] = _absolute(teams["resource_groups"])
         teams["state_dir"] = _absolute(teams["state_dir"] or str(home / "teams"))
+        data["rollout"]["uri"] = _absolute(data["rollout"]["uri"] or str(home / "rollout"))
         return PlatformConfig.model_validate(data)
 
     def node_local_locations(self, parts: Iterable[str]) -> list[str]:

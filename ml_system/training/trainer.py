@@ -55,6 +55,8 @@ class TrainReport:
     best_config: dict[str, Any]
     trials: int
     table_versions: dict[str, int] = field(default_factory=dict)
+    alias: str = ""
+    """The alias the new version got (``champion``, ``challenger``, or none)."""
 
     def summary(self) -> str:
         return (
@@ -141,8 +143,12 @@ def train_usecase(
     search_space: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     admission: TrialAdmission | None = None,
+    on_registered: Callable[[TrainingSet, TrainReport], None] | None = None,
 ) -> TrainReport:
     """Train, evaluate and register the use case's model; the registry records it as a consumer.
+
+    ``on_registered`` gets the training set and the report once the version exists (the promotion
+    gate compares it with the champion on the same test rows).
 
     ``search_space`` overrides parts of the use case's space (an experiment's hypothesis); ``tags``
     go on the MLflow run and the model version; ``admission`` runs the trials on a team's quota.
@@ -171,6 +177,8 @@ def train_usecase(
     )
     # the feature registry must know this model reads the service's views before any is retired
     store.registry.record_consumer(usecase.feature_service, report.model_name, report.model_version, by="training")
+    if on_registered is not None:
+        on_registered(ts, report)
     return report
 
 
@@ -336,6 +344,7 @@ def register(
         best_config=fitted.best_config,
         trials=len(fitted.trials),
         table_versions=ts.table_versions,
+        alias=alias or "",
     )
 
 
