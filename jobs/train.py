@@ -32,7 +32,7 @@ def main() -> None:
             f"trial {trial}: valid {usecase.training.metric} {value:.4f}", flush=True
         ),
     )
-    print(f"registered {report.summary()} (alias champion), run {report.run_id}", flush=True)
+    print(f"registered {report.summary()} (alias {report.alias}), run {report.run_id}", flush=True)
 
 
 if __name__ == "__main__":

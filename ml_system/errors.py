@@ -85,3 +85,7 @@ class AuthenticationError(MLSystemError):
 
 class AdmissionError(MLSystemError):
     """The admission queue refused or lost a request (unknown request, cancelled, cluster unreachable)."""
+
+
+class RolloutError(MLSystemError):
+    """A promotion or rollout was refused (gate failed, bad rollout config, one already running); nothing moved."""

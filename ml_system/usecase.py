@@ -190,6 +190,9 @@ class UseCase:
     """Steps added to the default retraining pipeline, or replacing a default step of the same name."""
     rolling_split: RollingSplit | None = None
     """The split of training sets built as of a moment (scheduled runs, backfills)."""
+    feedback: Callable[[PlatformConfig, Any], Any] | None = None
+    """``feedback(config, logged_rows) -> labels``: the true outcome of served rows (a pandas Series
+    aligned with the prediction log's rows, NaN where not known yet); rollouts judge quality with it."""
 
     @property
     def app_name(self) -> str:

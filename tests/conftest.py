@@ -220,7 +220,9 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def served_home(flights_platform: FlightsPlatform, tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
+def served_home(
+    ray_cluster: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> PlatformConfig:
     """A copy of the session's flight platform for serving tests, which materialize and redeploy freely.
 
     ``MLSYS_TEST_SERVED_HOME`` names an already built home to reuse while developing.
@@ -228,6 +230,7 @@ def served_home(flights_platform: FlightsPlatform, tmp_path_factory: pytest.Temp
     reuse = os.environ.get("MLSYS_TEST_SERVED_HOME")
     if reuse and (Path(reuse) / "online.db").exists():
         return make_config(Path(reuse))
+    flights_platform: FlightsPlatform = request.getfixturevalue("flights_platform")  # built only when needed
     home = tmp_path_factory.mktemp("served") / "mlsys"
     shutil.copytree(flights_platform.config.home, home, ignore=shutil.ignore_patterns("ray_results"))
     return make_config(home)

@@ -40,6 +40,7 @@ def cli_config(config: str | None, home: str | None) -> PlatformConfig:
                 "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "", "artifact_location": ""}),
                 "pipelines": cfg.pipelines.model_copy(update={"uri": ""}),
                 "teams": cfg.teams.model_copy(update={"state_dir": ""}),
+                "rollout": cfg.rollout.model_copy(update={"uri": ""}),
             }
         )
         cfg = cfg.resolved()

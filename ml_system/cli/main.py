@@ -14,7 +14,9 @@ from rich.table import Table
 from ml_system.cli import (
     experiments,
     groups,
+    model_promotion,  # noqa: F401 - registers `models promote | gate | rollback | audit`
     online_data,  # noqa: F401 - registers `features delete` and `features snapshot gc`
+    stream,
 )
 from ml_system.cli.common import (
     ConfigOpt,
@@ -29,16 +31,19 @@ from ml_system.cli.common import (
 from ml_system.cli.features import features_app
 from ml_system.cli.models import models_app
 from ml_system.cli.pipeline import pipeline_app, reproduce
+from ml_system.cli.rollout import rollout_app
 from ml_system.cli.serve import serve_app
 from ml_system.errors import MLSystemError
 
 app = typer.Typer(help="ml_system: features, training and serving on one Ray cluster.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(serve_app, name="serve")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(groups.app, name="groups")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(stream.app, name="stream")
 app.command("reproduce")(reproduce)
 
 __all__ = ["app", "console", "err", "main"]
@@ -91,7 +96,9 @@ def train(
     trials: int = typer.Option(8, min=1),
     rounds: int | None = typer.Option(None, min=10, help="Max boosting rounds (default: the use case's)"),
 ) -> None:
-    """Build the use case's point-in-time training set, tune XGBoost, register the best as champion."""
+    """Build the use case's point-in-time training set, tune XGBoost, register the best as challenger and gate it.
+
+    The first version of a model becomes champion; later ones wait for `mlsys models promote`."""
     from ml_system.cluster import connect
     from ml_system.pipelines import steps
 
@@ -99,7 +106,14 @@ def train(
     uc = steps.usecase_for(cfg, usecase)
     connect(cfg.ray)
     report = steps.train(cfg, uc, num_samples=trials, num_boost_round=rounds)
-    console.print(f"registered {report.summary()} as champion (run {report.run_id})")
+    console.print(f"registered {report.summary()} as {report.alias} (run {report.run_id})")
+    if report.alias != "champion":
+        from ml_system.rollout.gate import recorded
+        from ml_system.training.tracking import resolve
+
+        result = recorded(resolve(cfg.mlflow, report.model_name, version=report.model_version))
+        if result is not None:
+            console.print(result.summary())
 
 
 @app.command("usecases")
@@ -128,6 +142,7 @@ from ml_system.cli.pipeline import pipeline_app, reproduce  # noqa: E402
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(groups.app, name="groups")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(stream.app, name="stream")
 app.command("reproduce")(reproduce)
 
 

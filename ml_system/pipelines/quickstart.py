@@ -173,7 +173,9 @@ def run_quickstart(
         "training rows",
         f"{report.rows['train']:,} train / {report.rows['valid']:,} valid / {report.rows['test']:,} test",
     )
-    table.add_row("model", f"{report.model_name} v{report.model_version} (alias champion), {report.trials} trials")
+    table.add_row(
+        "model", f"{report.model_name} v{report.model_version} (alias {report.alias}), {report.trials} trials"
+    )
     metric = report.metric.upper()
     table.add_row(f"validation {metric}", f"{report.valid_score:.4f}")
     table.add_row(f"test {metric}", f"{report.test_score:.4f} (baseline without a model: {report.baseline_score:.4f})")

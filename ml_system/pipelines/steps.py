@@ -23,6 +23,7 @@ from ml_system.errors import ModelNotFoundError, PipelineError
 from ml_system.features import FeatureStore
 from ml_system.pipelines import fingerprint, validation
 from ml_system.pipelines.context import StepContext, parse_as_of
+from ml_system.rollout import gate
 from ml_system.teams.tune_admission import TrialAdmission
 from ml_system.training import mlflow_model, tracking, trainer
 from ml_system.training.evaluate import predict, score
@@ -57,14 +58,31 @@ def train(
     on_stage: Callable[[str], None] | None = None,
     admission: TrialAdmission | None = None,
 ) -> TrainReport:
+    """Train and register the new version as ``challenger`` and run the promotion gate on it.
+
+    The first version of a model (no champion yet) becomes ``champion``: there is nothing to compare
+    it with, and an app needs something to serve.
+    """
+    try:
+        tracking.resolve(config.mlflow, usecase.model_name, alias=tracking.CHAMPION)
+        alias = tracking.CHALLENGER
+    except ModelNotFoundError:
+        alias = tracking.CHAMPION
+
+    def run_gate(ts: trainer.TrainingSet, report: TrainReport) -> None:
+        if report.alias == tracking.CHALLENGER:
+            gate.evaluate_and_record(config, usecase, ts.split("test"), ts.label, report.model_version)
+
     return train_usecase(
         config,
         usecase,
         num_samples=num_samples,
         num_boost_round=num_boost_round,
+        alias=alias,
         on_trial_done=on_trial_done,
         on_stage=on_stage,
         admission=admission,
+        on_registered=run_gate,
     )
 
 
@@ -288,7 +306,8 @@ def register_challenger(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, A
     FeatureStore(ctx.config).registry.record_consumer(
         usecase.feature_service, report.model_name, report.model_version, by=f"pipeline:{ctx.run_id}"
     )
-    return {"model_version": report.model_version}
+    verdict = gate.evaluate_and_record(ctx.config, usecase, ts.split("test"), ts.label, report.model_version)
+    return {"model_version": report.model_version, "detail": {"gate": verdict.summary()}}
 
 
 def start_canary(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:

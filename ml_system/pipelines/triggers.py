@@ -36,12 +36,10 @@ from ml_system.config_pipelines import DriftTriggerConfig
 from ml_system.errors import ModelNotFoundError, PipelineError
 from ml_system.features import FeatureStore
 from ml_system.training import tracking
-from ml_system.training.evaluate import score
+from ml_system.training.evaluate import population_stability_index, score
 from ml_system.usecase import UseCase
 
 REFERENCE_FILE = "prediction_reference.json"
-PSI_BINS = 10
-PSI_FLOOR = 1e-4
 
 
 class PredictionSource(Protocol):
@@ -72,15 +70,6 @@ class DeltaPredictionLog:
         times = pd.to_datetime(frame["event_timestamp"], utc=True)
         keep = (frame["model_name"] == model_name) & (times > pd.Timestamp(start)) & (times <= pd.Timestamp(end))
         return frame[keep.to_numpy()].reset_index(drop=True)
-
-
-def population_stability_index(reference: np.ndarray, recent: np.ndarray, bins: int = PSI_BINS) -> float:
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
-    edges[0], edges[-1] = -np.inf, np.inf
-    ref = np.histogram(reference, edges)[0] / len(reference)
-    now = np.histogram(recent, edges)[0] / len(recent)
-    ref, now = np.clip(ref, PSI_FLOOR, None), np.clip(now, PSI_FLOOR, None)
-    return float(np.sum((now - ref) * np.log(now / ref)))
 
 
 @dataclass

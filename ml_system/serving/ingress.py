@@ -36,8 +36,10 @@ from ml_system.serving.fast_path import PredictFastPath
 from ml_system.serving.http import HTTPProblem, json_response, parse_body, problem_response, read_body
 from ml_system.serving.metrics import record_request, serving_metrics
 from ml_system.serving.openapi import api_for
-from ml_system.serving.scorer import Scored, Scorer, ScoreRow
+from ml_system.serving.router import Router
+from ml_system.serving.scorer import Scored, ScoreRow
 from ml_system.serving.settings import (
+    ARM_HEADER,
     MAX_BODY_BYTES,
     RETRY_AFTER_S,
     SCORER_TIMEOUT_S,
@@ -76,7 +78,7 @@ class ScorerDeployment:
 
     def __init__(self, scorer_args: dict[str, Any], tracing_exporter: str = "none") -> None:
         tracing.configure(tracing_exporter)
-        self.scorer = Scorer(**scorer_args)
+        self.scorer = Router(scorer_args)
         serving_metrics().for_app(_app_name(self.scorer.usecase.model_name))
         self.scorer.enable_metrics()
         self.tag = _replica_tag()
@@ -94,7 +96,7 @@ class ScorerDeployment:
 
     async def score(self, rows: list[ScoreRow], trace_carrier: dict[str, str]) -> dict[str, Any]:
         with tracing.request_span("scorer", trace_carrier):
-            scored = await self.scorer.score(rows)
+            scored, _ = await self.scorer.score(rows, None, trace_carrier.get("traceparent", ""))
         return {"scored": scored, "model_name": self.scorer.model_name, "served_by": self.tag}
 
 
@@ -120,10 +122,10 @@ class Ingress:
         self.max_rows = int(args["max_rows"])
         self.timeout_s = float(args.get("scorer_timeout_s", SCORER_TIMEOUT_S))
         self.remote = scorer
-        self.local: Scorer | None = None
+        self.local: Router | None = None
         serving_metrics().for_app(_app_name(self.usecase.model_name))
         if scorer is None:
-            self.local = Scorer(**scorer_args)
+            self.local = Router(scorer_args)
             self.local.enable_metrics()
         self.api, self.request_model = api_for(self.usecase, self)
         self.tag = _replica_tag()
@@ -202,7 +204,8 @@ class Ingress:
             raise HTTPProblem(413, [{"loc": ["body", field], "msg": msg, "type": "too_long"}])
         rows = [ScoreRow(self.spec.entity_row(item), self.spec.event_time(item)) for item in items]
         if self.local is not None:
-            scored = await self.local.score(rows)
+            session = request.headers.get(SESSION_HEADER)
+            scored, headers[ARM_HEADER] = await self.local.score(rows, session, headers[TRACE_HEADER])
             name, served_by = self.local.model_name, self.tag
         else:  # the scorer replica that answered says which model it used: a rollout may be under way
             session = request.headers.get(SESSION_HEADER)

@@ -99,6 +99,10 @@ class Scorer:
         self.model_name_wanted = model_name or self.usecase.model_name
         self.alias, self.pinned = alias, version
         self.settings = ScorerSettings()
+        # one batch queue per scorer: ``@serve.batch`` on the method would share one queue among the
+        # scorers of a replica (champion and challenger during a rollout) and score a mixed batch with
+        # the first request's scorer
+        self._score_batch = serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)(self._batched)
         self.config_error = ""
         self.feature_cache = TTLCache(0, 0)
         self.prediction_cache = TTLCache(0, 0)
@@ -278,8 +282,7 @@ class Scorer:
                     break
         return UnscorableError(culprit, str(exc))
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _score_batch(self, requests: list[list[ScoreRow]], parents: list[Any]) -> list[Scored | Exception]:
+    async def _batched(self, requests: list[list[ScoreRow]], parents: list[Any]) -> list[Scored | Exception]:
         try:
             scored = self.score_now([row for rows in requests for row in rows], parents)
         except Exception:

@@ -17,6 +17,7 @@ SCORER_TIMEOUT_S = 5.0  # a split ingress waits this long for its scorer deploym
 SESSION_HEADER = "x-session-id"
 TRACE_HEADER = "x-trace-id"
 SERVED_BY_HEADER = "x-served-by"
+ARM_HEADER = "x-model-arm"
 
 
 class ScorerSettings(BaseModel):
@@ -35,6 +36,9 @@ class ScorerSettings(BaseModel):
     feature_cache_ttl_s: float = Field(1.0, ge=0, le=3600)
     prediction_cache_ttl_s: float = Field(1.0, ge=0, le=3600)
     cache_max_entries: int = Field(100_000, ge=0, le=10_000_000)
+    alias_poll_s: float = Field(5.0, ge=0.05, le=3600)
+    """How often a replica checks the model alias and the rollout's route plan; a moved alias is loaded
+    beside the serving version and swapped in without a restart (``serving/router.py``)."""
     model_version: str | None = Field(None, pattern=r"^[0-9]{1,9}$")
     """Pin a registered version; the replicas load it beside the one serving and swap without a restart
     (a version that does not load, or does not match its feature service, is refused and the old one stays)."""

@@ -42,3 +42,32 @@ def baseline_score(metric: str, train_label: pd.Series, truth: np.ndarray) -> fl
     if metric == "auc":
         return 0.5  # a constant ranks nothing
     return score(metric, truth, constant)
+
+
+PSI_BINS = 10
+PSI_FLOOR = 1e-4
+
+
+def population_stability_index(reference: np.ndarray, recent: np.ndarray, bins: int = PSI_BINS) -> float:
+    """PSI of ``recent`` over ten quantile bins of ``reference``: under 0.1 reads as stable, over 0.25 as shifted."""
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
+    edges[0], edges[-1] = -np.inf, np.inf
+    ref = np.histogram(reference, edges)[0] / len(reference)
+    now = np.histogram(recent, edges)[0] / len(recent)
+    ref, now = np.clip(ref, PSI_FLOOR, None), np.clip(now, PSI_FLOOR, None)
+    return float(np.sum((now - ref) * np.log(now / ref)))
+
+
+def expected_calibration_error(truth: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed rate - mean probability| over equal-width probability bins, weighted by rows."""
+    truth, probability = np.asarray(truth, dtype=np.float64), np.asarray(probability, dtype=np.float64)
+    which = np.minimum((probability * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        error += inside.sum() * abs(truth[inside].mean() - probability[inside].mean())
+    return float(error / max(len(truth), 1))
+
+
+def brier_score(truth: np.ndarray, probability: np.ndarray) -> float:
+    return float(np.mean((np.asarray(probability, dtype=np.float64) - np.asarray(truth, dtype=np.float64)) ** 2))

@@ -32,6 +32,7 @@ from ml_system.teams.tune_admission import TrialAdmission
 from ml_system.training import mlflow_model, tracking
 from ml_system.training.evaluate import baseline_score, predict, score
 from ml_system.training.model_artifact import ModelSpec
+from ml_system.training.tune_storage import tune_storage
 from ml_system.training.tune_xgb import TrialSummary, tune_xgboost
 from ml_system.usecase import RollingSplit, TrainingSpec, UseCase
 
@@ -54,6 +55,8 @@ class TrainReport:
     best_config: dict[str, Any]
     trials: int
     table_versions: dict[str, int] = field(default_factory=dict)
+    alias: str = ""
+    """The alias the new version got (``champion``, ``challenger``, or none)."""
 
     def summary(self) -> str:
         return (
@@ -140,8 +143,12 @@ def train_usecase(
     search_space: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     admission: TrialAdmission | None = None,
+    on_registered: Callable[[TrainingSet, TrainReport], None] | None = None,
 ) -> TrainReport:
     """Train, evaluate and register the use case's model; the registry records it as a consumer.
+
+    ``on_registered`` gets the training set and the report once the version exists (the promotion
+    gate compares it with the champion on the same test rows).
 
     ``search_space`` overrides parts of the use case's space (an experiment's hypothesis); ``tags``
     go on the MLflow run and the model version; ``admission`` runs the trials on a team's quota.
@@ -170,6 +177,8 @@ def train_usecase(
     )
     # the feature registry must know this model reads the service's views before any is retired
     store.registry.record_consumer(usecase.feature_service, report.model_name, report.model_version, by="training")
+    if on_registered is not None:
+        on_registered(ts, report)
     return report
 
 
@@ -203,8 +212,9 @@ def fit(
     admission: TrialAdmission | None = None,
 ) -> Fit:
     """Tune on train/valid, score the winner and the baseline on test (on a team's quota with ``admission``)."""
-    # Tune keeps trial checkpoints under home and MLflow the model: trials and replicas on other nodes read them
-    refuse_node_local("train and register a model", config.node_local_locations(("mlflow", "home")))
+    # Tune keeps trial checkpoints in ray.storage_uri and MLflow the model: trials and replicas on other nodes read them
+    refuse_node_local("train and register a model", config.node_local_locations(("mlflow", "ray_storage")))
+    storage_path, storage_filesystem = tune_storage(config.ray)
     train, valid, test = (ts.split(name) for name in SPLITS)
     # one folder per search: two teams' experiments on one model run side by side
     search_name = "tune" if admission is None else admission.group or admission.team
@@ -222,7 +232,8 @@ def fit(
         space={**spec.search_space, **(search_space or {})},
         num_samples=num_samples,
         num_boost_round=num_boost_round,
-        storage_path=f"{config.home}/ray_results",
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
         experiment_name=f"{model_name}_{search_name}",
         seed=seed,
         on_trial_done=on_trial_done,
@@ -333,6 +344,7 @@ def register(
         best_config=fitted.best_config,
         trials=len(fitted.trials),
         table_versions=ts.table_versions,
+        alias=alias or "",
     )
 
 

@@ -12,6 +12,7 @@ from ml_system.usecases.arrival_delay.definitions import DEFINITIONS, arrival_de
 from ml_system.usecases.arrival_delay.serving import SERVING
 from ml_system.usecases.arrival_delay.training_rows import training_rows
 from ml_system.usecases.flights.demo import DEMO_CUTOFF, demo_requests
+from ml_system.usecases.flights.feedback import arrivals_feedback
 
 usecase = UseCase(
     name="arrival_delay",
@@ -27,4 +28,5 @@ usecase = UseCase(
     description="Expected arrival delay in minutes of a departure from New York (label arr_delay)",
     expectations=flights.usecase.expectations,
     rolling_split=flights.usecase.rolling_split,
+    feedback=arrivals_feedback,  # rollouts judge MAE on the served flights' real arrivals
 )

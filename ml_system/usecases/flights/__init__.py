@@ -6,6 +6,7 @@ from ml_system.usecase import Demo, RollingSplit, TrainingSpec, UseCase
 from ml_system.usecases.flights.demo import DEMO_CUTOFF, demo_requests
 from ml_system.usecases.flights.expectations import EXPECTATIONS
 from ml_system.usecases.flights.features import DEFINITIONS, build_features, flight_delay_service
+from ml_system.usecases.flights.feedback import departures_feedback
 from ml_system.usecases.flights.serving import SERVING
 from ml_system.usecases.flights.training_rows import training_rows
 
@@ -24,4 +25,5 @@ usecase = UseCase(
     expectations=EXPECTATIONS,
     # as of a moment (a backfill slot): the month before it is tested, the month before that validates
     rolling_split=RollingSplit(valid=timedelta(days=30), test=timedelta(days=31)),
+    feedback=departures_feedback,  # rollouts judge quality on the served flights' real departures
 )
