@@ -1,29 +1,29 @@
-"""Serving under load: the project's endpoint against a bare process and a naive Serve setup.
+"""Serving under load: the app as the README starts it, against bare uvicorn running the same handler.
 
-Three setups answer the same ``POST /predict`` (one real flight per request,
-rotating over the flights of the demo day, online features from SQLite and
-the registered XGBoost model) and are driven by ``wrk`` with a Lua script at
-32 and 128 connections:
+Setups, driven by ``wrk`` (1 thread, 32 connections, one real flight per request, chosen at
+random from a mix of flights):
 
-- ``bare``: one uvicorn process, no Ray (``benchmarks/bare_app.py``), the baseline;
-- ``serve``: the shipped configuration: HAProxy ingress and Serve's throughput mode, fused
-  topology, ``@serve.batch``, ``--replicas`` replicas (2: what the shipped autoscaling target of
-  16 ongoing requests per replica holds at 32 connections);
-- ``naive``: the same app on Serve's default proxy with batching off.
+- ``bare1``: ``uvicorn benchmarks.bare_app:app --workers 1`` (no Ray; the same body parsing,
+  ``Scorer`` and response code as the app, the shipped ``user_config`` caches included);
+- ``bareN``: the same with one worker per core (what a user running uvicorn would pick);
+- ``ml_system``: ``ray start --head`` with the dashboard, the HAProxy ingress and Serve's
+  throughput mode, then ``serve deploy`` of ``serve_configs/flight_delay.yaml`` as shipped
+  (autoscaling from ``min_replicas``). It is measured twice: ``warm`` right after a stated warm-up
+  under load, and ``steady`` after the autoscaler has had ``--settle`` more seconds of load.
 
-Caches are off in every setup (a rotating set of flights would be answered
-from the prediction cache and measure the cache, not the stack). Each Serve
-setup runs in its own child process with its own local Ray cluster, stopped
-before the next one starts, so no two setups share the two cores.
+Two request mixes: ``upcoming`` (the flights after the online store's cut-off, 2013-12-30 17:00
+New York time, to the end of the data on 12-31: what clients would ask about) and ``december``
+(flights drawn from all of December, most of them already departed, whose features are older).
 
-    python benchmarks/serve_load.py --home ~/.mlsys [--quick] [--rounds N] [--duration S]
+Setups alternate round by round (the machine may be shared; drift hits all of them), each
+started afresh per round. ``--profile`` also prints CPU milliseconds per request by process
+(``/proc`` accounting: replica, HAProxy, each of Ray's own processes, wrk).
 
-Full mode (3 rounds of 15 s runs, each setup started afresh per round) takes
-about 11 minutes here; ``--rounds`` and ``--duration`` size it.
+    python benchmarks/serve_load.py --home ~/.mlsys [--quick] [--rounds N] [--profile]
 
-The last line is ``RESULT serve_load rps=... p99_ms=... ratio_vs_bare=...
-p99_ratio_vs_bare=... ratio_vs_naive=...`` (at 32 connections, medians of the
-rounds).
+The last line is ``RESULT serve_load rps=... p99_ms=... ratio_vs_best_bare=...
+p99_ratio_vs_best_bare=...`` for the steady state on the upcoming mix; the better bare setup is
+the one with more req/s, and ``p99_ratio_vs_best_bare`` compares against that setup's p99.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import random
+import resource
 import shutil
 import signal
 import statistics
@@ -39,105 +40,63 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_CACHE = {"feature_cache_ttl_s": 0, "prediction_cache_ttl_s": 0}
-SETUPS = {
-    "serve": {"ha_proxy": True, "user_config": {"max_batch_size": 64, "batch_wait_timeout_s": 0.002, **NO_CACHE}},
-    "naive": {"ha_proxy": False, "user_config": {"batching": False, **NO_CACHE}},
-}
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import proc_cpu  # noqa: E402
+from ml_system.serving.loadgen import lua_script, read_report  # noqa: E402
+from ml_system.serving.local_cluster import ServeCluster, shipped_user_config  # noqa: E402
+
+CONNECTIONS = 32
+MIX_SIZE = 500
 
 
-# ---- child: one Serve setup on its own local cluster -------------------------------------------
-def run_child(setup: str, home: str, port: int, replicas: int) -> None:
-    spec = SETUPS[setup]
-    if spec["ha_proxy"]:
-        from ml_system.serving.deploy import fast_serving_env
-
-        os.environ.update(fast_serving_env(Path(tempfile.mkdtemp(prefix="mlsys-haproxy-"))))
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    import ray
-
-    from ml_system.config import ServingConfig
-    from ml_system.serving.app import build_app
-    from ml_system.serving.deploy import run_app
-
-    ray.init(address="local", num_cpus=2, object_store_memory=500_000_000, include_dashboard=False, log_to_driver=False)
-    from ray import serve
-
-    try:
-        app = build_app({"home": home, "user_config": spec["user_config"], "num_replicas": replicas})
-        url = run_app(app, "flight_delay", ServingConfig(host="127.0.0.1", port=port))
-        # /healthz answers as soon as one replica does; measure only once all of them are up, and give
-        # HAProxy a moment to add the late ones to its backend
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            states = serve.status().applications["flight_delay"].deployments["Ingress"].replica_states
-            if states.get("RUNNING", 0) >= replicas:
-                break
-            time.sleep(0.5)
-        time.sleep(3)
-        print(f"READY {url}", flush=True)
-        sys.stdin.readline()  # the parent closes stdin when done
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-# ---- parent -----------------------------------------------------------------------------------
 @dataclass
 class Run:
     setup: str
-    connections: int
+    mix: str
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int
+    replicas: int = 0
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    scale_up_s: float = float("nan")
 
 
-def lua_script(rows: list[dict[str, Any]], path: Path) -> Path:
-    bodies = ",\n".join("[[" + json.dumps({"flights": [r]}) + "]]" for r in rows)
-    path.write_text(
-        "bodies = {\n" + bodies + "\n}\n"
-        "counter = 0\n"
-        "request = function()\n"
-        "  counter = counter + 1\n"
-        "  return wrk.format('POST', '/predict', {['Content-Type'] = 'application/json'},"
-        " bodies[(counter % #bodies) + 1])\n"
-        "end\n"
-    )
-    return path
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def wrk(url: str, script: Path, connections: int, duration_s: int) -> tuple[float, float, float, int]:
+# ---- load ---------------------------------------------------------------------------------------
+def wrk(url: str, script: Path, duration_s: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in errs.groups()) if errs else 0)
-    return rps, p50, p99, errors
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--timeout", "10s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return read_report(out)
 
 
+def measure(setup: str, mix: str, url: str, script: Path, duration_s: int, roots: list[int],
+            extra: list[int], replicas: int = 0) -> Run:  # fmt: skip
+    """One wrk run, with the CPU every process of the setup (and wrk) spent on it."""
+    before, wrk_before, busy0 = proc_cpu.snapshot(roots, extra), _children_cpu(), proc_cpu.machine_busy_s()
+    out = wrk(url, script, duration_s)
+    after, wrk_cpu, busy = proc_cpu.snapshot(roots, extra), _children_cpu() - wrk_before, proc_cpu.machine_busy_s()
+    n = max(int(out["requests"]), 1)
+    cpu = {role: 1000 * s / n for role, s in proc_cpu.by_role(before, after).items()}
+    cpu["wrk"] = 1000 * wrk_cpu / n
+    cpu["(machine, all users)"] = 1000 * (busy - busy0) / n
+    return Run(setup, mix, out["rps"], out["p50_ms"], out["p99_ms"], int(out["failed"]), n, replicas, cpu)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- setups -------------------------------------------------------------------------------------
 def wait_http(url: str, timeout_s: float = 120) -> None:
     import httpx
 
@@ -152,39 +111,116 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} did not become healthy")
 
 
-def start(setup: str, home: str, replicas: int) -> tuple[subprocess.Popen[str], str]:
+def start_bare(home: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     from ml_system.serving.deploy import free_port
 
     port = free_port()
-    env = {**os.environ, "MLSYS_HOME": home, "PYTHONPATH": str(ROOT)}
-    if setup == "bare":
-        env["BARE_USER_CONFIG"] = json.dumps(NO_CACHE)
-        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port), "--log-level",
-               "warning", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url)
-        return proc, url
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", setup, "--home", home, "--port", str(port),
-           "--replicas", str(replicas if setup == "serve" else 1)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("READY "):
-            return proc, line.split()[1]
-    raise RuntimeError(f"setup {setup} exited with {proc.wait()} before it was ready")
+    env = {
+        **os.environ,
+        "MLSYS_HOME": home,
+        "PYTHONPATH": str(ROOT),
+        "BARE_USER_CONFIG": json.dumps(shipped_user_config()),
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port), "--workers", str(workers),
+           "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url)
+    return proc, url
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()
+def stop_bare(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
 
+def bare_round(
+    name: str, workers: int, home: str, scripts: dict[str, Path], warmup_s: int, duration_s: int
+) -> list[Run]:
+    proc, url = start_bare(home, workers)
+    runs = []
+    try:
+        for mix, script in scripts.items():
+            wrk(url, script, warmup_s)
+            runs.append(measure(name, mix, url, script, duration_s, [proc.pid], []))
+            report(runs[-1])
+    finally:
+        stop_bare(proc)
+    return runs
+
+
+def serve_round(
+    home: str, scripts: dict[str, Path], warmup_s: int, duration_s: int, settle_s: int, profile_dir: str | None = None
+) -> list[Run]:
+    cluster = ServeCluster(home, extra_env={"MLSYS_SERVE_PROFILE_DIR": profile_dir} if profile_dir else None)
+    runs = []
+    try:
+        cluster.start()
+        cluster.deploy()
+        upcoming = scripts["upcoming"]
+        watch = ScaleWatch(cluster)
+        wrk(cluster.url, upcoming, warmup_s)  # from min_replicas: the autoscaler sees the load from here on
+        roots = [cluster.head.pid] if cluster.head else []
+        runs.append(measure("ml_system warm", "upcoming", cluster.url, upcoming, duration_s, roots,
+                            cluster.haproxy_pids(), len(cluster.replica_pids())))  # fmt: skip
+        report(runs[-1])
+        wrk(cluster.url, upcoming, settle_s)
+        for mix, script in scripts.items():
+            runs.append(measure("ml_system steady", mix, cluster.url, script, duration_s, roots,
+                                cluster.haproxy_pids(), len(cluster.replica_pids())))  # fmt: skip
+            report(runs[-1])
+        watch.stop()
+        print(f"  scale-up under load: {watch.summary()}", flush=True)
+        for run in runs:
+            run.scale_up_s = watch.reached_s()
+    finally:
+        cluster.stop()
+    return runs
+
+
+class ScaleWatch:
+    """Replica processes counted every half second from the start of the load (a thread beside wrk)."""
+
+    def __init__(self, cluster: ServeCluster) -> None:
+        import threading
+
+        self.cluster = cluster
+        self.samples: list[tuple[float, int]] = []
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append((time.monotonic() - self.t0, len(self.cluster.replica_pids())))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reached_s(self) -> float:
+        """Seconds of load until the most replicas seen were first running."""
+        peak = max((n for _, n in self.samples), default=0)
+        return next((t for t, n in self.samples if n == peak), float("nan"))
+
+    def summary(self) -> str:
+        first = self.samples[0][1] if self.samples else 0
+        peak = max((n for _, n in self.samples), default=0)
+        return f"{first} -> {peak} replica processes, the last one started after {self.reached_s():.1f} s of load"
+
+
+def report(run: Run) -> None:
+    replicas = f"  replicas {run.replicas}" if run.replicas else ""
+    print(f"  {run.setup:17s} {run.mix:9s} {run.rps:7.0f} req/s  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms  "
+          f"errors {run.errors}{replicas}", flush=True)  # fmt: skip
+
+
+# ---- data ---------------------------------------------------------------------------------------
 def ensure_home(home: str | None) -> str:
     """A trained platform home: the given one, or a small one built here (2 trials, 50 rounds)."""
     from ml_system.config import load_config
@@ -211,76 +247,139 @@ def ensure_home(home: str | None) -> str:
     return home
 
 
-def demo_rows(home: str, hours: int) -> list[dict[str, Any]]:
-    from ml_system.config import load_config
-    from ml_system.usecases.flights.demo import demo_flights, flights_from_frame
+def mixes(home: str) -> dict[str, list[dict[str, Any]]]:
+    """``upcoming``: after the cut-off to the end of the data; ``december``: all of December."""
+    import pandas as pd
 
-    return flights_from_frame(demo_flights(load_config(environ={"MLSYS_HOME": home}), hours=hours))
+    from ml_system.config import load_config
+    from ml_system.usecases.flights.demo import DEMO_CUTOFF, demo_flights, flights_from_frame
+
+    cfg = load_config(environ={"MLSYS_HOME": home})
+    upcoming = flights_from_frame(demo_flights(cfg, DEMO_CUTOFF, hours=24 * 3))
+    december = flights_from_frame(demo_flights(cfg, pd.Timestamp("2013-12-01", tz=DEMO_CUTOFF.tz), hours=24 * 31))
+    rng = random.Random(2013)
+    return {
+        name: rng.sample(rows, min(MIX_SIZE, len(rows)))
+        for name, rows in (("upcoming", upcoming), ("december", december))
+    }
+
+
+# ---- summary ------------------------------------------------------------------------------------
+def med(runs: list[Run], setup: str, mix: str, attr: str) -> float:
+    values = [getattr(r, attr) for r in runs if r.setup == setup and r.mix == mix]
+    return statistics.median(values) if values else float("nan")
+
+
+def cpu_per_request(runs: list[Run], setup: str, mix: str) -> float:
+    """CPU ms the setup's processes and wrk spent per request (median): what a shared machine does not skew much."""
+    vals = [
+        sum(v for k, v in r.cpu_ms.items() if not k.startswith("(")) for r in runs if (r.setup, r.mix) == (setup, mix)
+    ]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def print_profile(runs: list[Run]) -> None:
+    print("\nCPU ms per request by process (medians; 'machine' counts every process on the box)")
+    keys = sorted({k for r in runs for k in r.cpu_ms}, key=lambda k: (k.startswith("("), k))
+    setups = sorted({(r.setup, r.mix) for r in runs})
+    print(f"{'process':26s}" + "".join(f"{s[:17] + '/' + m[:3]:>22s}" for s, m in setups))
+    for key in keys:
+        row = []
+        for s, m in setups:
+            vals = [r.cpu_ms.get(key, 0.0) for r in runs if (r.setup, r.mix) == (s, m)]
+            row.append(f"{statistics.median(vals):22.3f}")
+        print(f"{key:26s}" + "".join(row))
+    totals = []
+    for s, m in setups:
+        vals = [
+            sum(v for k, v in r.cpu_ms.items() if not k.startswith("(")) for r in runs if (r.setup, r.mix) == (s, m)
+        ]
+        totals.append(f"{statistics.median(vals):22.3f}")
+    print(f"{'total (setup + wrk)':26s}" + "".join(totals))
+
+
+def print_replica_profile(folder: Path, top: int = 30) -> None:
+    import pstats
+
+    files = sorted(folder.glob("*.prof"), key=lambda p: p.stat().st_size)
+    if not files:
+        print(f"no replica profile in {folder}")
+        return
+    print(f"\nreplica cProfile ({files[-1].name}), by own time")
+    stats = pstats.Stats(str(files[-1]))
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", default=os.environ.get("MLSYS_HOME"))
-    parser.add_argument("--quick", action="store_true", help="5 s per run, 1 round (a few minutes in all)")
-    parser.add_argument("--connections", default="32,128")
-    parser.add_argument("--rounds", type=int, help="rounds of all three setups (full: 3, about 11 minutes here)")
-    parser.add_argument("--duration", type=int, help="seconds per measured run (full: 15)")
-    parser.add_argument(
-        "--replicas", type=int, default=2, help="replicas of the project's endpoint (what autoscaling holds at c=32)"
-    )
-    parser.add_argument("--child", choices=sorted(SETUPS), help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="1 round, 10 s runs, 15 s warm-up, 30 s settle")
+    parser.add_argument("--rounds", type=int, help="rounds of all setups (full: 3)")
+    parser.add_argument("--duration", type=int, help="seconds per measured run (full: 20)")
+    parser.add_argument("--warmup", type=int, help="seconds of load before the first measured run (full: 15)")
+    parser.add_argument("--settle", type=int, help="more seconds of load before the steady-state runs (full: 60)")
+    parser.add_argument("--profile", action="store_true", help="print CPU ms per request by process")
+    parser.add_argument("--setups", default="bare1,bareN,ml_system")
+    parser.add_argument("--cprofile", metavar="DIR", help="cProfile replicas into DIR, print top functions")
     args = parser.parse_args()
-    if args.child:
-        run_child(args.child, args.home, args.port, args.replicas)
-        return
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (apt-get install wrk; scripts/setup.sh does it)")
-    duration, rounds, warmup = (5, 1, 3) if args.quick else (15, 3, 5)
-    rounds = args.rounds or rounds
-    duration = args.duration or duration
-    conns = [int(c) for c in args.connections.split(",")]
+    rounds, duration, warmup, settle = (1, 10, 15, 30) if args.quick else (3, 20, 15, 60)
+    rounds, duration = args.rounds or rounds, args.duration or duration
+    warmup, settle = args.warmup or warmup, args.settle or settle
+    cores = os.cpu_count() or 2
     home = ensure_home(args.home)
-    script = lua_script(demo_rows(home, hours=6), Path(tempfile.mkdtemp()) / "post.lua")
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    scripts = {name: lua_script(rows, tmp / f"{name}.lua") for name, rows in mixes(home).items()}
+    chosen = args.setups.split(",")
     runs: list[Run] = []
-    for _ in range(rounds):  # setups alternate round by round, so drift on a shared machine hits all of them
-        for setup in ("bare", "serve", "naive"):
-            proc, url = start(setup, home, args.replicas)
-            try:
-                wrk(url, script, conns[0], warmup)
-                for c in conns:
-                    rps, p50, p99, errors = wrk(url, script, c, duration)
-                    runs.append(Run(setup, c, rps, p50, p99, errors))
-                    print(f"  {setup:6s} c={c:<4d} {rps:8.0f} req/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  "
-                          f"errors {errors}", flush=True)  # fmt: skip
-            finally:
-                stop(proc)
+    for i in range(rounds):
+        print(f"round {i + 1}/{rounds}", flush=True)
+        if "bare1" in chosen:
+            runs += bare_round("bare1", 1, home, scripts, 5, duration)
+        if "bareN" in chosen:
+            runs += bare_round("bareN", cores, home, scripts, 5, duration)
+        if "ml_system" in chosen:
+            runs += serve_round(home, scripts, warmup, duration, settle, args.cprofile)
 
-    def med(setup: str, c: int, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in runs if r.setup == setup and r.connections == c)
-
-    print(
-        f"\nserve_load ({'quick' if args.quick else 'full'}: {rounds} round(s) of {duration} s, wrk -t1, medians; "
-        f"bare: 1 uvicorn process, serve: {args.replicas} replica(s), naive: 1 replica)"
-    )
-    print(f"{'setup':8s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'vs bare':>8s}")
-    for setup in ("bare", "serve", "naive"):
-        for c in conns:
-            errors = sum(r.errors for r in runs if r.setup == setup and r.connections == c)
-            ratio = med(setup, c, "rps") / med("bare", c, "rps")
-            print(f"{setup:8s} {c:5d} {med(setup, c, 'rps'):9.0f} {med(setup, c, 'p50_ms'):8.1f} "
-                  f"{med(setup, c, 'p99_ms'):8.1f} {errors:7d} {ratio:8.2f}")  # fmt: skip
-    c0 = conns[0]
-    result = {
-        "rps": f"{med('serve', c0, 'rps'):.0f}",
-        "p99_ms": f"{med('serve', c0, 'p99_ms'):.1f}",
-        "ratio_vs_bare": f"{med('serve', c0, 'rps') / med('bare', c0, 'rps'):.2f}",
-        "p99_ratio_vs_bare": f"{med('serve', c0, 'p99_ms') / med('bare', c0, 'p99_ms'):.2f}",
-        "ratio_vs_naive": f"{med('serve', c0, 'rps') / med('naive', c0, 'rps'):.2f}",
-    }
-    for c in conns[1:]:
-        result[f"rps_c{c}"] = f"{med('serve', c, 'rps'):.0f}"
-        result[f"ratio_vs_bare_c{c}"] = f"{med('serve', c, 'rps') / med('bare', c, 'rps'):.2f}"
+    mode = "quick" if args.quick else "full"
+    print(f"\nserve_load ({mode}: {rounds} round(s), {duration} s runs, wrk -t1 -c{CONNECTIONS}, "
+          f"medians; bare1: uvicorn --workers 1, bareN: --workers {cores}; ml_system: shipped config, warm = after "
+          f"{warmup} s of load from min_replicas, steady = after {warmup + duration + settle} s)")  # fmt: skip
+    print(f"{'setup':18s} {'mix':9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'replicas':>9s}")
+    for setup, mix in sorted({(r.setup, r.mix) for r in runs}):
+        errors = sum(r.errors for r in runs if (r.setup, r.mix) == (setup, mix))
+        reps = med(runs, setup, mix, "replicas")
+        print(f"{setup:18s} {mix:9s} {med(runs, setup, mix, 'rps'):8.0f} {med(runs, setup, mix, 'p50_ms'):8.1f} "
+              f"{med(runs, setup, mix, 'p99_ms'):8.1f} {errors:7d} {reps if reps else '':>9}")  # fmt: skip
+    if args.profile:
+        print_profile(runs)
+    if args.cprofile:
+        print_replica_profile(Path(args.cprofile))
+    if not {"bare1", "bareN", "ml_system"} <= set(chosen):
+        return
+    result: dict[str, str] = {}
+    for mix, suffix in (("upcoming", ""), ("december", "_december")):
+        best = max(("bare1", "bareN"), key=lambda s: med(runs, s, mix, "rps"))
+        rps, p99 = med(runs, "ml_system steady", mix, "rps"), med(runs, "ml_system steady", mix, "p99_ms")
+        result |= {
+            f"rps{suffix}": f"{rps:.0f}",
+            f"p99_ms{suffix}": f"{p99:.1f}",
+            f"ratio_vs_best_bare{suffix}": f"{rps / med(runs, best, mix, 'rps'):.2f}",
+            f"p99_ratio_vs_best_bare{suffix}": f"{p99 / med(runs, best, mix, 'p99_ms'):.2f}",
+        }
+        if not suffix:
+            result["best_bare"] = best
+            result["ratio_vs_bare"] = f"{rps / med(runs, 'bare1', mix, 'rps'):.2f}"
+            result["p99_ratio_vs_bare"] = f"{p99 / med(runs, 'bare1', mix, 'p99_ms'):.2f}"
+            warm = med(runs, "ml_system warm", mix, "rps")
+            result["warm_ratio_vs_best_bare"] = f"{warm / med(runs, best, mix, 'rps'):.2f}"
+            result["warm_p99_ms"] = f"{med(runs, 'ml_system warm', mix, 'p99_ms'):.1f}"
+            result["replicas"] = f"{med(runs, 'ml_system steady', mix, 'replicas'):.0f}"
+            result["scale_up_s"] = f"{med(runs, 'ml_system steady', mix, 'scale_up_s'):.1f}"
+    result["cpu_ms_per_req"] = f"{cpu_per_request(runs, 'ml_system steady', 'upcoming'):.3f}"
+    result["cpu_ms_per_req_best_bare"] = f"{cpu_per_request(runs, result['best_bare'], 'upcoming'):.3f}"
     result["errors"] = str(sum(r.errors for r in runs))
     print("RESULT serve_load " + " ".join(f"{k}={v}" for k, v in result.items()))
 

@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve import Application
 
 from ml_system.config import ServingConfig
+from ml_system.serving.haproxy_setup import haproxy_env
 
 
 def free_port() -> int:
@@ -39,28 +40,26 @@ def fast_serving_env(state_dir: str | Path) -> dict[str, str]:
     handler stalls that replica's networking, which scoring a batch does only
     for a few hundred microseconds.
 
-    HAProxy's files default to ``/tmp/haproxy-serve``, its stats/metrics to
-    fixed ports and the replicas it forwards to (HAProxy turns on Serve's
-    direct ingress) to ports 30000-31000, which two clusters on one machine
-    would fight over; each cluster gets its own folder, free ports and a
-    window of 100 ports for its replicas.
+    HAProxy's files, ports and failover settings come from ``haproxy_setup.haproxy_env``
+    (a private folder, a launcher that keeps the admin socket and stats private and dies with
+    its parent, 1 s health checks and retries). The replicas HAProxy forwards to (HAProxy turns
+    on Serve's direct ingress) default to ports 30000-31000, which two clusters on one machine
+    would fight over; each cluster gets free stats/metrics ports and a window of 100 ports for
+    its replicas.
     """
-    state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
     base = min(free_port(), 65_400)
     return {
+        **haproxy_env(state_dir),
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # HAProxy's per-request metric log line, parsed by a Python actor, costs CPU on every request;
+        # the replicas count requests by route and status themselves (mlsys_serve_requests)
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         # HAProxy's default of 4 threads competes with the replicas on small nodes
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 2) // 2))),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 49),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 50),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 99),
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
     }

@@ -24,14 +24,15 @@ import os
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from ml_system.errors import StoreUnavailableError, UnscorableError
-from ml_system.serving import tracing
+from ml_system.serving import profiling, tracing
+from ml_system.serving.fast_path import PredictFastPath
 from ml_system.serving.http import HTTPProblem, json_response, parse_body, problem_response, read_body
 from ml_system.serving.metrics import record_request, serving_metrics
 from ml_system.serving.openapi import api_for
@@ -112,6 +113,7 @@ class Ingress:
     """``POST /predict``, ``GET /healthz`` and ``GET /info`` for one use case."""
 
     def __init__(self, scorer: DeploymentHandle | None, args: dict[str, Any]) -> None:
+        profiling.start_if_asked()
         tracing.configure(args.get("tracing_exporter", "none"))
         scorer_args = args["scorer"]
         self.usecase: UseCase = load_usecase(scorer_args["usecase"], check_all=False)
@@ -130,8 +132,8 @@ class Ingress:
         self._info: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        return self.api
+    def __serve_build_asgi_app__(self) -> PredictFastPath:
+        return PredictFastPath(self.api, self.predict)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         if self.local is not None:

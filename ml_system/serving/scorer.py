@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -345,7 +346,5 @@ class Scorer:
         m = serving_metrics()
         m.batch_size.observe(scored)
         m.cache_lookups("features", self.feature_cache.hits - fc_before[0], self.feature_cache.misses - fc_before[1])
-        for views in miss:
-            for view in views:
-                m.missing.inc(1, tags={"view": view})
-
+        for view, n in Counter(view for views in miss for view in views).items():  # one record per view per batch
+            m.missing.inc(n, tags={"view": view})

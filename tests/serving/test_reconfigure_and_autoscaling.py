@@ -13,6 +13,7 @@ import yaml
 from ray import serve
 
 from ml_system.serving.deploy import deploy_config
+from ml_system.serving.loadgen import lua_script
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,3 +106,40 @@ def test_replicas_scale_up_under_load_and_back_down(
     finally:
         stop.set()
         serve.delete("autoscale")
+
+
+def test_the_shipped_autoscaling_follows_a_step_to_32_connections_and_back(
+    serve_port: int, served_home: Any, demo_rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The shipped ``autoscaling_config`` as it is (only the CPU reservation shrunk to fit the test cluster):
+    32 connections from idle need two replicas at 16 ongoing requests each, and idle needs one again."""
+    import shutil
+    import subprocess
+
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed; scripts/setup.sh installs it")
+    doc = document(serve_port, served_home.home, "stepload", {})
+    shipped = doc["applications"][0]["deployments"][0]["autoscaling_config"]
+    assert (shipped["min_replicas"], shipped["target_ongoing_requests"]) == (1, 16)
+    url = deploy_config(doc)["stepload"]
+    script = lua_script(demo_rows, tmp_path / "predict.lua", route="/stepload/predict")
+    try:
+        assert replicas("stepload") == 1
+        load = subprocess.Popen(
+            ["wrk", "-t1", "-c32", "-d60s", "--timeout", "10s", "-s", str(script), url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        peak = 1
+        while load.poll() is None:
+            peak = max(peak, replicas("stepload"))
+            time.sleep(0.5)
+        out = load.stdout.read() if load.stdout else ""
+        assert peak >= 2, f"32 connections did not bring a second replica\n{out}"
+        assert "Non-2xx" not in out, out
+        deadline = time.monotonic() + shipped["downscale_delay_s"] + 180
+        while time.monotonic() < deadline and replicas("stepload") > 1:
+            time.sleep(1)
+        assert replicas("stepload") == 1, "no downscale after the load stopped"
+    finally:
+        serve.delete("stepload")
