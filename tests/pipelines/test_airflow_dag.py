@@ -1,0 +1,102 @@
+"""The exported DAG in a real Airflow 3 (``.venv-airflow``) against a real Ray cluster with token auth on.
+
+Airflow and MLflow cannot share one environment, so Airflow runs from its own venv as a
+subprocess: it imports the file (no import errors), and ``airflow dags test`` runs one DAG run,
+each task submitting its step to the cluster as a Ray job.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from ray.job_submission import JobSubmissionClient
+
+from ml_system.cluster import HeadNode, auth_headers
+from ml_system.pipelines.history import list_runs
+from ml_system.pipelines.storage import open_storage
+from ml_system.training import tracking
+from tests.pipelines.conftest import fresh_tiny
+from tests.ray_head import private_head
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW_BIN = REPO / ".venv-airflow" / "bin"
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (AIRFLOW_BIN / "airflow").exists(), reason="no .venv-airflow here: `bash scripts/setup_airflow.sh` makes it"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[tuple[HeadNode, Path]]:
+    with private_head() as started:
+        yield started
+
+
+def airflow_env(home: Path, dags: Path, token_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLSYS_", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{AIRFLOW_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env |= {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+    }
+    return env
+
+
+def test_airflow_runs_the_exported_dag_step_by_step_on_the_ray_cluster(
+    head: tuple[HeadNode, Path], tmp_path: Path
+) -> None:
+    node, token_path = head
+    config = fresh_tiny(tmp_path / "mlsys")
+    config_file = Path(config.home) / "mlsys.yaml"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    export = subprocess.run(
+        [sys.executable, "-m", "ml_system.cli", "pipeline", "export-airflow", "-u", "tiny", "--out", str(dags / "t.py"),
+         "--ray-address", node.dashboard_url, "--schedule", "0 * * * *", "--trials", "2", "--rounds", "20",
+         "--retries", "0", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    env = airflow_env(tmp_path / "airflow", dags, token_path)
+    python = str(AIRFLOW_BIN / "python")
+    bag = "from airflow.dag_processing.dagbag import DagBag; b = DagBag(); print(sorted(b.dag_ids), b.import_errors)"
+    imported = subprocess.run([python, "-c", bag], capture_output=True, text=True, env=env, timeout=300)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert imported.stdout.strip().splitlines()[-1] == "['mlsys_retrain_tiny'] {}"
+    migrate = subprocess.run(["airflow", "db", "migrate"], capture_output=True, text=True, env=env, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+
+    slot = (datetime.now(UTC) - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    dag_test = subprocess.run(
+        ["airflow", "dags", "test", "mlsys_retrain_tiny", slot.isoformat()],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    output = dag_test.stdout + dag_test.stderr
+    assert dag_test.returncode == 0, output[-6000:]
+
+    runs = list_runs(open_storage(config), "tiny")
+    assert len(runs) == 1, [r.run_id for r in runs]
+    run = runs[0]
+    assert "-airflow-" in run.run_id and run.status == "succeeded", run.error
+    assert run.as_of == slot.isoformat()  # the DAG run's logical date is the run's as-of moment
+    assert [s.status for s in run.steps] == ["succeeded"] * 7, [(s.name, s.status, s.error) for s in run.steps]
+    challenger = tracking.resolve(config.mlflow, "tiny_failure", alias="challenger")
+    assert challenger.version == run.model_version and challenger.tags["pipeline_run"] == run.run_id
+
+    client = JobSubmissionClient(node.dashboard_url, headers=auth_headers(token_path))
+    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("mlsys_run_id") == run.run_id]
+    assert sorted(j.metadata["mlsys_step"] for j in jobs) == sorted(s.name for s in run.steps)
+    assert {str(j.status.value) for j in jobs} == {"SUCCEEDED"}
+    assert "step train: succeeded" in output  # the task printed the job's log
