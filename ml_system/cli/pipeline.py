@@ -232,6 +232,7 @@ def pipeline_export_airflow(
     catchup: bool = typer.Option(False, help="Run the slots missed since the DAG's start date"),
     step_timeout: int = typer.Option(4 * 3600, min=60, help="Seconds a step's Ray job may run"),
     retries: int = typer.Option(1, min=0, help="Airflow retries of a failed step"),
+    poll_s: float = typer.Option(5.0, "--poll-s", min=0.1, help="Seconds between looks at a step's job and log"),
     env: list[str] | None = JobEnvOpt,
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
@@ -256,7 +257,7 @@ def pipeline_export_airflow(
     export = AirflowExport(
         usecase=usecase, ray_address=ray_address, working_dir=working_dir, schedule=schedule,
         trials=trials, rounds=rounds, seed=seed, catchup=catchup, step_timeout_s=step_timeout, retries=retries,
-        env=job_env,
+        poll_s=poll_s, env=job_env,
     )  # fmt: skip
     target, spec = write_dag(cfg, export, Path(out) if out else None)
     console.print(

@@ -18,6 +18,7 @@ import pytest
 from ray.job_submission import JobSubmissionClient
 
 from ml_system.cluster import HeadNode, auth_headers
+from ml_system.config import PlatformConfig
 from ml_system.pipelines.history import list_runs
 from ml_system.pipelines.storage import open_storage
 from ml_system.training import tracking
@@ -53,18 +54,14 @@ def airflow_env(home: Path, dags: Path, token_path: Path) -> dict[str, str]:
     return env
 
 
-def test_airflow_runs_the_exported_dag_step_by_step_on_the_ray_cluster(
-    head: tuple[HeadNode, Path], tmp_path: Path
-) -> None:
-    node, token_path = head
-    config = fresh_tiny(tmp_path / "mlsys")
-    config_file = Path(config.home) / "mlsys.yaml"
+def export_and_test(node: HeadNode, token_path: Path, config: PlatformConfig, tmp_path: Path, slot: datetime) -> str:
+    """Export the tiny pipeline's DAG, check Airflow imports it cleanly, run ``airflow dags test``; its output."""
     dags = tmp_path / "dags"
     dags.mkdir()
     export = subprocess.run(
         [sys.executable, "-m", "ml_system.cli", "pipeline", "export-airflow", "-u", "tiny", "--out", str(dags / "t.py"),
          "--ray-address", node.dashboard_url, "--schedule", "0 * * * *", "--trials", "2", "--rounds", "20",
-         "--retries", "0", "--config", str(config_file)],
+         "--retries", "0", "--poll-s", "1", "--config", str(Path(config.home) / "mlsys.yaml")],
         capture_output=True, text=True, timeout=120, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
@@ -77,14 +74,32 @@ def test_airflow_runs_the_exported_dag_step_by_step_on_the_ray_cluster(
     assert imported.stdout.strip().splitlines()[-1] == "['mlsys_retrain_tiny'] {}"
     migrate = subprocess.run(["airflow", "db", "migrate"], capture_output=True, text=True, env=env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-
-    slot = (datetime.now(UTC) - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     dag_test = subprocess.run(
         ["airflow", "dags", "test", "mlsys_retrain_tiny", slot.isoformat()],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
-    output = dag_test.stdout + dag_test.stderr
-    assert dag_test.returncode == 0, output[-6000:]
+    return f"exit {dag_test.returncode}\n{dag_test.stdout}{dag_test.stderr}"
+
+
+def jobs_of(node: HeadNode, token_path: Path, run_id: str) -> dict[str, str]:
+    """Step -> status of the Ray jobs that the DAG's tasks submitted for ``run_id``."""
+    client = JobSubmissionClient(node.dashboard_url, headers=auth_headers(token_path))
+    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("mlsys_run_id") == run_id]
+    return {j.metadata["mlsys_step"]: str(j.status.value) for j in jobs}
+
+
+def last_hour() -> datetime:
+    return (datetime.now(UTC) - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+
+
+def test_airflow_runs_the_exported_dag_step_by_step_on_the_ray_cluster(
+    head: tuple[HeadNode, Path], tmp_path: Path
+) -> None:
+    node, token_path = head
+    config = fresh_tiny(tmp_path / "mlsys")
+    slot = last_hour()
+    output = export_and_test(node, token_path, config, tmp_path, slot)
+    assert output.startswith("exit 0"), output[-6000:]
 
     runs = list_runs(open_storage(config), "tiny")
     assert len(runs) == 1, [r.run_id for r in runs]
@@ -95,8 +110,20 @@ def test_airflow_runs_the_exported_dag_step_by_step_on_the_ray_cluster(
     challenger = tracking.resolve(config.mlflow, "tiny_failure", alias="challenger")
     assert challenger.version == run.model_version and challenger.tags["pipeline_run"] == run.run_id
 
-    client = JobSubmissionClient(node.dashboard_url, headers=auth_headers(token_path))
-    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("mlsys_run_id") == run.run_id]
-    assert sorted(j.metadata["mlsys_step"] for j in jobs) == sorted(s.name for s in run.steps)
-    assert {str(j.status.value) for j in jobs} == {"SUCCEEDED"}
+    assert jobs_of(node, token_path, run.run_id) == {s.name: "SUCCEEDED" for s in run.steps}
     assert "step train: succeeded" in output  # the task printed the job's log
+
+
+def test_a_failing_step_fails_its_task_and_its_job_and_nothing_after_it_runs(
+    head: tuple[HeadNode, Path], tmp_path: Path
+) -> None:
+    node, token_path = head
+    config = fresh_tiny(tmp_path / "mlsys", end=datetime.now(UTC) - timedelta(days=3))  # stale: validate refuses
+    output = export_and_test(node, token_path, config, tmp_path, last_hour())
+    assert output.startswith("exit 1"), output[-6000:]
+    (run,) = list_runs(open_storage(config), "tiny")
+    assert run.status == "failed" and run.step("validate").status == "failed"
+    assert "DataValidationError" in run.step("validate").error
+    assert [s.status for s in run.steps][2:] == ["pending"] * 5  # Airflow never ran their tasks
+    assert jobs_of(node, token_path, run.run_id) == {"ingest": "SUCCEEDED", "validate": "FAILED"}
+    assert "(step validate) FAILED" in output  # the task's error names the job and its end
