@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--as-of", type=datetime.fromisoformat, default=None, help="ISO-8601 with UTC offset")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the offline tables even if they exist")
+    parser.add_argument("--trigger", default="job", help="what started the run, for its record")
     parser.add_argument("--run-id", default=None, help="run id (default: a new one); the same id resumes that run")
     parser.add_argument(
         "--steps", type=lambda v: [n for n in v.split(",") if n], default=None, help="only these steps, comma-separated"
@@ -54,7 +55,7 @@ def main() -> None:
 
     try:
         record = run_pipeline(
-            config, usecase, params=params, as_of=args.as_of, trigger="job", on_step=on_step,
+            config, usecase, params=params, as_of=args.as_of, trigger=args.trigger, on_step=on_step,
             run_id=args.run_id, only=args.steps,
         )  # fmt: skip
     except MLSystemError as exc:

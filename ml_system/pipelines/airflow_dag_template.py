@@ -64,6 +64,7 @@ class RayJobStep(BaseOperator):
 
     def entrypoint(self, run_id: str, as_of: str | None) -> str:
         args = ["python", "jobs/retrain.py", "--usecase", SPEC["usecase"], "--run-id", run_id, "--steps", self.step]
+        args += ["--trigger", f"airflow {SPEC['dag_id']}"]
         args += ["--trials", str(SPEC["trials"]), "--seed", str(SPEC["seed"])]
         if SPEC["rounds"] is not None:
             args += ["--rounds", str(SPEC["rounds"])]

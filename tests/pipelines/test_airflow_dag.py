@@ -105,6 +105,7 @@ def test_airflow_runs_the_exported_dag_step_by_step_on_the_ray_cluster(
     assert len(runs) == 1, [r.run_id for r in runs]
     run = runs[0]
     assert "-airflow-" in run.run_id and run.status == "succeeded", run.error
+    assert run.trigger == "airflow mlsys_retrain_tiny"
     assert run.as_of == slot.isoformat()  # the DAG run's logical date is the run's as-of moment
     assert [s.status for s in run.steps] == ["succeeded"] * 7, [(s.name, s.status, s.error) for s in run.steps]
     challenger = tracking.resolve(config.mlflow, "tiny_failure", alias="challenger")

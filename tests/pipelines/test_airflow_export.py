@@ -131,3 +131,19 @@ def test_steps_run_one_call_at_a_time_share_one_run_record(ray_cluster: str, tin
     assert again.attempts == 2 and again.status == "running"
     assert again.step("register").status == "pending" and again.step("train").status == "cached"
     assert ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--steps", "train"], "--steps needs --run-id"),
+        (["--run-id", "../escape", "--steps", "train"], "may hold only letters, digits"),
+    ],
+)
+def test_the_job_refuses_a_step_selection_it_cannot_place(tmp_path: Path, args: list[str], reason: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "jobs/retrain.py", "--usecase", "tiny", *args],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "MLSYS_HOME": str(tmp_path), "RAY_ADDRESS": ""},
+    )  # fmt: skip
+    assert out.returncode == 2 and reason in out.stderr, out.stderr
