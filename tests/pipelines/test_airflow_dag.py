@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,3 +129,60 @@ def test_a_failing_step_fails_its_task_and_its_job_and_nothing_after_it_runs(
     assert [s.status for s in run.steps][2:] == ["pending"] * 5  # Airflow never ran their tasks
     assert jobs_of(node, token_path, run.run_id) == {"ingest": "SUCCEEDED", "validate": "FAILED"}
     assert "(step validate) FAILED" in output  # the task's error names the job and its end
+
+
+DEADLINE_SCRIPT = """
+import importlib.util, sys, types
+from datetime import datetime, timezone
+spec = importlib.util.spec_from_file_location("exported", sys.argv[1])
+dag_file = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dag_file)
+dag_file.SPEC["step_timeout_s"] = 3
+
+
+class Sleeping(dag_file.RayJobStep):
+    def entrypoint(self, run_id, as_of):
+        return "sleep 600"
+
+
+moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+context = {
+    "dag_run": types.SimpleNamespace(run_id="manual__deadline", run_after=moment),
+    "data_interval_end": moment, "logical_date": moment, "run_id": "manual__deadline",
+    "ti": types.SimpleNamespace(try_number=1),
+}
+try:
+    Sleeping(task_id="train", step="train").execute(context)
+except RuntimeError as exc:
+    print("task failed:", exc)
+"""
+
+
+def test_a_step_past_its_deadline_fails_its_task_and_its_job_is_stopped(
+    head: tuple[HeadNode, Path], tmp_path: Path
+) -> None:
+    """The DAG file's operator, run by Airflow's Python against the cluster, with a job that outlives the step."""
+    node, token_path = head
+    config = fresh_tiny(tmp_path / "mlsys")
+    dag_file = tmp_path / "t.py"
+    export = subprocess.run(
+        [sys.executable, "-m", "ml_system.cli", "pipeline", "export-airflow", "-u", "tiny", "--out", str(dag_file),
+         "--ray-address", node.dashboard_url, "--poll-s", "0.5", "--config", str(Path(config.home) / "mlsys.yaml")],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    env = airflow_env(tmp_path / "airflow", tmp_path, token_path)
+    script = tmp_path / "deadline.py"
+    script.write_text(DEADLINE_SCRIPT)
+    out = subprocess.run([str(AIRFLOW_BIN / "python"), str(script), str(dag_file)], capture_output=True, text=True,
+                         env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "did not finish within 3 s" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    run_id = "20260101T000000Z-airflow-"
+    client = JobSubmissionClient(node.dashboard_url, headers=auth_headers(token_path))
+    jobs = [j for j in client.list_jobs() if j.entrypoint == "sleep 600"]
+    assert len(jobs) == 1 and jobs[0].submission_id.startswith(run_id) and jobs[0].submission_id.endswith("train-try1")
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    while client.get_job_status(jobs[0].submission_id).value != "STOPPED" and datetime.now(UTC) < deadline:
+        time.sleep(0.5)
+    assert client.get_job_status(jobs[0].submission_id).value == "STOPPED"
