@@ -9,6 +9,8 @@
 # declare it: MLSYS_RAY__SHARED_PATHS=$HOME/.mlsys MLSYS_ONLINE_STORE__TYPE=redis (README, "More than one node").
 set -euo pipefail
 HEAD_PORT=${HEAD_PORT:-6380}   # 6379 is the machine's Redis
+# the settings of the documented start path (README), as cluster/ray-cluster.yaml uses them
+export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1
 bash "$(dirname "$0")/start_head.sh" --port "$HEAD_PORT" --num-cpus "${HEAD_CPUS:-1}" \
   --object-store-memory 800000000 --dashboard-host 127.0.0.1 --resources '{"head": 1}'
 RAY_AUTH_MODE=token ray start --address "127.0.0.1:$HEAD_PORT" --num-cpus "${WORKER_CPUS:-1}" \

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from ml_system.config_pipelines import PipelinesConfig
+from ml_system.config_streaming import StreamingConfig
 from ml_system.errors import ConfigError
 
 ENV_PREFIX = "MLSYS_"
@@ -50,6 +51,11 @@ class RayConfig(_Section):
     shared_paths: list[str] = Field(default_factory=list)
     """Local paths mounted at the same place on every node (NFS, EFS, Lustre): stores under them are
     accepted on a multi-node cluster. ``MLSYS_RAY__SHARED_PATHS`` takes them ``:``-separated, like ``PATH``."""
+    storage_uri: str = ""
+    """Where Ray Tune keeps trials and their checkpoints (default ``<home>/ray_results``). On more than one
+    node, a location every node reaches: ``s3://bucket/prefix``, or a path under ``shared_paths``."""
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    """``AWS_*`` keys for an ``s3://`` ``storage_uri``, as the offline store takes them."""
 
     @field_validator("shared_paths", mode="before")
     @classmethod
@@ -57,6 +63,11 @@ class RayConfig(_Section):
         if isinstance(value, str):
             value = [part for part in value.split(os.pathsep) if part]
         return [str(Path(p).expanduser().resolve()) for p in value] if isinstance(value, list) else value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _upper_keys(cls, options: dict[str, str]) -> dict[str, str]:
+        return {key.upper(): value for key, value in options.items()}
 
     def is_shared(self, path: str) -> bool:
         return any(Path(path).resolve().is_relative_to(root) for root in self.shared_paths)
@@ -349,6 +360,7 @@ class PlatformConfig(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
     teams: TeamsConfig = Field(default_factory=TeamsConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
 
     def resolved(self) -> PlatformConfig:
         """Fill every empty location from ``home`` and make local paths absolute."""
@@ -368,6 +380,7 @@ class PlatformConfig(_Section):
         ml = data["mlflow"]
         ml["tracking_uri"] = ml["tracking_uri"] or f"sqlite:///{home / 'mlflow.db'}"
         ml["artifact_location"] = _absolute(ml["artifact_location"] or str(home / "mlartifacts"))
+        data["ray"]["storage_uri"] = _absolute(data["ray"]["storage_uri"] or str(home / "ray_results"))
         data["pipelines"]["uri"] = _absolute(data["pipelines"]["uri"] or str(home / "pipelines"))
         teams = data["teams"]
         teams["resource_groups"] = _absolute(teams["resource_groups"])
@@ -375,8 +388,8 @@ class PlatformConfig(_Section):
         return PlatformConfig.model_validate(data)
 
     def node_local_locations(self, parts: Iterable[str]) -> list[str]:
-        """Which of ``parts`` (``offline_store``, ``registry``, ``online_store``, ``mlflow``, ``home``) keep their
-        state on one machine's disk: a local path outside ``ray.shared_paths``, or an SQLite file
+        """Which of ``parts`` (``offline_store``, ``registry``, ``online_store``, ``mlflow``, ``ray_storage``,
+        ``home``) keep their state on one machine's disk: a local path outside ``ray.shared_paths``, or an SQLite file
         (SQLite's locking is not safe on network filesystems, so a shared path does not help it)."""
         found: list[str] = []
 
@@ -391,6 +404,8 @@ class PlatformConfig(_Section):
                 found.append(f"online_store (sqlite) {self.online_store.path}")
             elif part == "home":
                 local("home", self.home)
+            elif part == "ray_storage" and scheme_of(self.ray.storage_uri) in ("", "file"):
+                local("ray.storage_uri", self.ray.storage_uri.removeprefix("file://"))
             elif part == "pipelines":
                 local("pipelines.uri", self.pipelines.local_path)
             elif part == "mlflow":

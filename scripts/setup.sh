@@ -15,6 +15,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "warning: install ${missing[*]} (tests that need them will fail)" >&2
   fi
 fi
+# PostgreSQL on its standard port: MLflow's tracking store in the cluster-mode test (docs/cluster.md).
+# Machines of this project run it already; a Debian machine without it gets the package and its cluster started.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    command -v pg_ctlcluster >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+    pg_lsclusters -h | while read -r version name _; do pg_ctlcluster "$version" "$name" start || true; done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || echo "warning: PostgreSQL is not running on 127.0.0.1:5432 (tests/features/test_cluster_mode.py needs it; or set MLSYS_TEST_POSTGRES_URL)" >&2
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"

@@ -111,6 +111,29 @@ def groups_apply(groups: str | None = GroupsOpt, config: str | None = ConfigOpt,
     console.print(f"admission queue now enforces {len(teams)} teams: {', '.join(teams)}")
 
 
+@app.command("export-kueue")
+@fails_cleanly
+def groups_export_kueue(
+    output: str | None = typer.Option(None, "--output", "-o", help="Write the YAML here (default: print it)"),
+    namespace: str = typer.Option("ml-system", help="Namespace of the teams' LocalQueues (where their RayJobs run)"),
+    groups: str | None = GroupsOpt,
+    config: str | None = ConfigOpt,
+    home: str | None = HomeOpt,
+) -> None:
+    """The resource groups as Kueue objects: ResourceFlavor, Cohort, ClusterQueue and LocalQueue per team."""
+    from ml_system.teams.kueue import export_kueue, kueue_objects
+
+    cfg = cli_config(config, home)
+    parsed = read_groups(cfg, groups)
+    text = export_kueue(parsed, namespace)
+    if output is None:
+        typer.echo(text, nl=False)  # plain, for `> file` or `| kubectl apply -f -`
+        return
+    Path(output).write_text(text)
+    count = len(kueue_objects(parsed, namespace))
+    console.print(f"wrote {count} Kueue objects for {len(parsed.teams)} teams to {output}")
+
+
 @app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @fails_cleanly
 def groups_submit(

@@ -15,6 +15,7 @@ from ml_system.cli import (
     experiments,
     groups,
     online_data,  # noqa: F401 - registers `features delete` and `features snapshot gc`
+    stream,
 )
 from ml_system.cli.common import (
     ConfigOpt,
@@ -39,6 +40,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(groups.app, name="groups")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(stream.app, name="stream")
 app.command("reproduce")(reproduce)
 
 __all__ = ["app", "console", "err", "main"]
@@ -128,6 +130,7 @@ from ml_system.cli.pipeline import pipeline_app, reproduce  # noqa: E402
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(groups.app, name="groups")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(stream.app, name="stream")
 app.command("reproduce")(reproduce)
 
 

@@ -32,6 +32,7 @@ from ml_system.teams.tune_admission import TrialAdmission
 from ml_system.training import mlflow_model, tracking
 from ml_system.training.evaluate import baseline_score, predict, score
 from ml_system.training.model_artifact import ModelSpec
+from ml_system.training.tune_storage import tune_storage
 from ml_system.training.tune_xgb import TrialSummary, tune_xgboost
 from ml_system.usecase import RollingSplit, TrainingSpec, UseCase
 
@@ -203,8 +204,9 @@ def fit(
     admission: TrialAdmission | None = None,
 ) -> Fit:
     """Tune on train/valid, score the winner and the baseline on test (on a team's quota with ``admission``)."""
-    # Tune keeps trial checkpoints under home and MLflow the model: trials and replicas on other nodes read them
-    refuse_node_local("train and register a model", config.node_local_locations(("mlflow", "home")))
+    # Tune keeps trial checkpoints in ray.storage_uri and MLflow the model: trials and replicas on other nodes read them
+    refuse_node_local("train and register a model", config.node_local_locations(("mlflow", "ray_storage")))
+    storage_path, storage_filesystem = tune_storage(config.ray)
     train, valid, test = (ts.split(name) for name in SPLITS)
     # one folder per search: two teams' experiments on one model run side by side
     search_name = "tune" if admission is None else admission.group or admission.team
@@ -222,7 +224,8 @@ def fit(
         space={**spec.search_space, **(search_space or {})},
         num_samples=num_samples,
         num_boost_round=num_boost_round,
-        storage_path=f"{config.home}/ray_results",
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
         experiment_name=f"{model_name}_{search_name}",
         seed=seed,
         on_trial_done=on_trial_done,

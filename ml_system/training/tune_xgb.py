@@ -147,6 +147,7 @@ def tune_xgboost(
     num_samples: int = 8,
     num_boost_round: int = 200,
     storage_path: str,
+    storage_filesystem: Any = None,
     experiment_name: str,
     seed: int = 7,
     on_trial_done: Callable[[str, float], None] | None = None,
@@ -183,6 +184,7 @@ def tune_xgboost(
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             verbose=0,
             stop=stop,
             callbacks=[_Progress(on_trial_done, reported)] if on_trial_done else None,

@@ -142,7 +142,7 @@ def test_versions_in_a_folder_follow_the_umask_like_any_file(tmp_path: Path, uma
         ({"MLSYS_REGISTRY__URI": "gs://bucket/registry"}, "no backend for 'gs://'"),
         ({"MLSYS_REGISTRY__TYPE": "s3", "MLSYS_REGISTRY__URI": "/srv/registry"}, "registry.uri"),
         ({"MLSYS_REGISTRY__TYPE": "nosuch"}, "registry.type"),
-        ({"MLSYS_REGISTRY__TYPE": "tests.features.nosuch.Store", "MLSYS_REGISTRY__URI": "/x"}, "cannot import"),
+        ({"MLSYS_REGISTRY__TYPE": "tests.features.nosuch.Store", "MLSYS_REGISTRY__URI": "/x"}, "cannot be imported"),
     ],
 )
 def test_a_registry_no_backend_serves_fails_when_the_config_is_loaded(

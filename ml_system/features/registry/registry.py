@@ -38,6 +38,7 @@ from ml_system.features.definitions import (
 )
 from ml_system.features.registry.diff import Change, diff_documents
 from ml_system.features.registry.storage import VersionStore, open_version_store
+from ml_system.features.streaming.views import StreamFeatureView
 
 Definition = Entity | FeatureView | OnDemandFeatureView | FeatureService
 
@@ -95,11 +96,12 @@ def _view_to_dict(view: FeatureView) -> dict[str, Any]:
         "owner": view.owner,
         "description": view.description,
         "tags": dict(view.tags),
+        **({"stream": view.stream_dict()} if isinstance(view, StreamFeatureView) else {}),
     }
 
 
 def _view_from_dict(data: dict[str, Any], entities: dict[str, Entity]) -> FeatureView:
-    return FeatureView(
+    view = FeatureView(
         name=data["name"],
         entities=tuple(entities[n] for n in data["entities"]),
         schema=tuple(Field(**f) for f in data["schema"]),
@@ -110,6 +112,7 @@ def _view_from_dict(data: dict[str, Any], entities: dict[str, Entity]) -> Featur
         tags=data["tags"],
         lifecycle=Lifecycle(data["lifecycle"]),
     )
+    return StreamFeatureView.from_registry(view, data["stream"]) if "stream" in data else view
 
 
 def _odfv_to_dict(view: OnDemandFeatureView) -> dict[str, Any]:
