@@ -211,6 +211,63 @@ def pipeline_backfill(
         _fail_if_failed(failed[0])
 
 
+JobEnvOpt = typer.Option(None, "--env", help="NAME=VALUE for every job (repeatable)")
+
+
+@pipeline_app.command("export-airflow")
+@fails_cleanly
+def pipeline_export_airflow(
+    usecase: str | None = UseCaseOpt,
+    out: str | None = typer.Option(None, "--out", "-o", help="DAG file (default: ./mlsys_retrain_<use case>.py)"),
+    schedule: str | None = typer.Option(
+        None, help="Five-field cron (default: the use case's retrain schedule in the config; 'none': manual only)"
+    ),
+    ray_address: str = typer.Option(
+        "http://127.0.0.1:8265", "--ray-address", help="Job submission URL of the cluster (the dashboard's)"
+    ),
+    working_dir: str = typer.Option(".", help="Folder with jobs/retrain.py, uploaded with each job (or an s3:// zip)"),
+    trials: int | None = typer.Option(None, min=1, help="Ray Tune trials (default: the schedule's, else 8)"),
+    rounds: int | None = typer.Option(None, min=1),
+    seed: int = typer.Option(7),
+    catchup: bool = typer.Option(False, help="Run the slots missed since the DAG's start date"),
+    step_timeout: int = typer.Option(4 * 3600, min=60, help="Seconds a step's Ray job may run"),
+    retries: int = typer.Option(1, min=0, help="Airflow retries of a failed step"),
+    poll_s: float = typer.Option(5.0, "--poll-s", min=0.1, help="Seconds between looks at a step's job and log"),
+    env: list[str] | None = JobEnvOpt,
+    config: str | None = ConfigOpt,
+    home: str | None = HomeOpt,
+) -> None:
+    """Write an Airflow DAG file whose tasks (one per step) submit the pipeline to the Ray cluster."""
+    import os
+    from pathlib import Path
+
+    from ml_system.pipelines.airflow_export import AirflowExport, write_dag
+
+    cfg = cli_config(config, home)
+    job_env: dict[str, str] = {}
+    if config or os.environ.get("MLSYS_CONFIG"):
+        job_env["MLSYS_CONFIG"] = str(Path(config or os.environ["MLSYS_CONFIG"]).expanduser().resolve())
+    if home:
+        job_env["MLSYS_HOME"] = str(Path(home).expanduser().resolve())
+    for item in env or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise MLSystemError(f"--env '{item}' is not NAME=VALUE")
+        job_env[name] = value
+    export = AirflowExport(
+        usecase=usecase, ray_address=ray_address, working_dir=working_dir, schedule=schedule,
+        trials=trials, rounds=rounds, seed=seed, catchup=catchup, step_timeout_s=step_timeout, retries=retries,
+        poll_s=poll_s, env=job_env,
+    )  # fmt: skip
+    target, spec = write_dag(cfg, export, Path(out) if out else None)
+    console.print(
+        f"wrote {target}: DAG {spec['dag_id']}, schedule {spec['schedule'] or 'none (manual)'}, "
+        f"catchup {spec['catchup']}, {len(spec['steps'])} tasks ({' > '.join(spec['steps'])}) submitting to "
+        f"{spec['ray_address']}"
+    )
+    console.print("copy it to Airflow's dags folder; Airflow's Python needs apache-airflow and ray (setup_airflow.sh)")
+
+
 @scheduler_app.command("start")
 @fails_cleanly
 def scheduler_start(config: str | None = ConfigOpt, home: str | None = HomeOpt) -> None:

@@ -11,13 +11,18 @@ The cache is decided inside the task, so it works the same from any driver: the 
 of the step's name, its inputs (Delta versions, definitions digest, parameters, the as-of moment,
 upstream outputs) and the code version; an entry is created exclusively under the pipelines'
 storage, and a later task with the same key returns the recorded outputs without running.
+
+A run can also be driven one step at a time (``only``), as an external orchestrator does (one
+Airflow task per step): the selected steps run under the run's id, and every other step they read
+is taken from the run's record, where an earlier call left its outputs. Re-running a step that is
+not cached re-pins nothing upstream: ``ingest``'s table versions stay those the run started with.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +36,7 @@ from ml_system.pipelines.context import StepContext
 from ml_system.pipelines.dag import Pipeline, pipeline_for
 from ml_system.pipelines.history import RunRecord, StepRecord, now_iso
 from ml_system.pipelines.storage import PipelineStorage, open_storage
-from ml_system.usecase import UseCase, load_usecase
+from ml_system.usecase import PipelineStep, UseCase, load_usecase
 
 CACHE = "cache"
 
@@ -127,9 +132,14 @@ def run_pipeline(
     trigger: str = "manual",
     run_id: str | None = None,
     on_step: Callable[[RunRecord, StepRecord], None] | None = None,
+    only: Sequence[str] | None = None,
 ) -> RunRecord:
     """Run the use case's pipeline to the end; the returned record says how it went (it never raises for a
-    failed step: the record is ``failed`` and names the step and its error)."""
+    failed step: the record is ``failed`` and names the step and its error).
+
+    ``only`` runs just those steps of run ``run_id``; the steps they read that are not selected must
+    have finished in an earlier call for the same run (same as-of and parameters), else nothing runs.
+    The record stays ``running`` until its last step has finished."""
     pipeline = pipeline_for(usecase)  # a bad graph is refused before anything runs
     if as_of is not None and as_of.tzinfo is None:
         raise PipelineError(f"as-of time {as_of} has no UTC offset")
@@ -139,12 +149,65 @@ def run_pipeline(
     run_id = run_id or history.new_run_id(usecase.name)
     earlier = history.find(storage, run_id)
     as_of_text = as_of.isoformat() if as_of else None
+    selected = _selection(pipeline, only)
     record = RunRecord(run_id, usecase.name, trigger, as_of_text, params.to_dict(), code)
-    record.attempts = earlier.attempts + 1 if earlier else 1
     record.steps = [StepRecord(s.name, task=task_name(usecase.name, s.name)) for s in pipeline.steps]
+    record.attempts = earlier.attempts + 1 if earlier else 1
+    if only is not None:
+        given = _given_outputs(pipeline, record, earlier, selected)
+        if earlier is not None:
+            record.started = earlier.started
+            tried = {s.name for s in earlier.steps if s.status != "pending"}
+            record.attempts = earlier.attempts + 1 if tried & set(selected) else earlier.attempts
+    else:
+        given = {}
     history.save(storage, record)
     run_inputs = {"as_of": as_of_text, "params": params.to_dict(), "code": code}
-    return _watch(config, pipeline, record, run_inputs, storage, on_step)
+    return _watch(config, pipeline, record, run_inputs, storage, on_step, selected, given)
+
+
+def _selection(pipeline: Pipeline, only: Sequence[str] | None) -> list[str]:
+    """The steps to run, in pipeline order; an unknown name is refused before anything runs."""
+    if only is None:
+        return pipeline.names
+    unknown = [n for n in only if n not in pipeline.names]
+    if unknown or not only:
+        raise PipelineError(f"pipeline of '{pipeline.usecase}' has no step(s) {unknown} (steps: {pipeline.names})")
+    return [n for n in pipeline.names if n in only]
+
+
+def _given_outputs(
+    pipeline: Pipeline, record: RunRecord, earlier: RunRecord | None, selected: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Carry the earlier calls' step records into ``record``; return the outputs of the unselected steps
+    the selection reads. Steps downstream of a selected one are reset: their inputs may change."""
+    if earlier is not None:
+        if earlier.usecase != record.usecase or earlier.as_of != record.as_of or earlier.params != record.params:
+            raise PipelineError(
+                f"run {record.run_id} was started with use case {earlier.usecase}, as of {earlier.as_of}, params "
+                f"{earlier.params}; this call asks for {record.usecase}, as of {record.as_of}, params {record.params}"
+            )
+        kept = {s.name for s in earlier.steps}
+        record.steps = [earlier.step(s.name) if s.name in kept else s for s in record.steps]
+    stale = set(selected)
+    for step in pipeline.steps:
+        if stale & set(pipeline.upstream(step)):
+            stale.add(step.name)
+    for name in stale:
+        record.steps[pipeline.names.index(name)] = StepRecord(name, task=task_name(pipeline.usecase, name))
+    given: dict[str, dict[str, Any]] = {}
+    for name in selected:
+        for up in pipeline.upstream(pipeline.step(name)):
+            if up in selected or up in given:
+                continue
+            done = record.step(up)
+            if done.status not in ("succeeded", "cached"):
+                raise PipelineError(
+                    f"step '{name}' of run {record.run_id} reads the outputs of step '{up}', which is "
+                    f"{done.status} in that run: run '{up}' first"
+                )
+            given[up] = {"outputs": done.outputs}
+    return given
 
 
 def _watch(
@@ -154,10 +217,17 @@ def _watch(
     run_inputs: dict[str, Any],
     storage: PipelineStorage,
     on_step: Callable[[RunRecord, StepRecord], None] | None,
+    selected: list[str],
+    given: dict[str, dict[str, Any]],
 ) -> RunRecord:
+    to_run = [s for s in pipeline.steps if s.name in selected]
+
+    def upstream(step: PipelineStep) -> list[str]:
+        return [u for u in pipeline.upstream(step) if u in selected]
+
     refs: dict[str, ray.ObjectRef] = {}
-    for step in pipeline.steps:
-        deps = [refs[name] for name in pipeline.upstream(step)]
+    for step in to_run:
+        deps = [refs[name] if name in refs else given[name] for name in pipeline.upstream(step)]
         refs[step.name] = _remote_step.options(
             name=task_name(pipeline.usecase, step.name),
             num_cpus=step.num_cpus,
@@ -169,10 +239,10 @@ def _watch(
     processed: set[str] = set()
 
     def mark_running() -> None:
-        for step in pipeline.steps:
+        for step in to_run:
             rec = record.step(step.name)
-            if rec.status == "pending" and all(u in processed for u in pipeline.upstream(step)):
-                if not any(u in failed for u in pipeline.upstream(step)):
+            if rec.status == "pending" and all(u in processed for u in upstream(step)):
+                if not any(u in failed for u in upstream(step)):
                     rec.status = "running"
                     rec.started = now_iso()
                     if on_step:
@@ -180,26 +250,28 @@ def _watch(
 
     mark_running()
     pending = {ref: name for name, ref in refs.items()}
-    while len(processed) < len(pipeline.steps):
+    while len(processed) < len(to_run):
         if pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             done[pending.pop(ready[0])] = ready[0]
         # in pipeline order, so an upstream failure is known before its downstream steps are judged
-        for step in pipeline.steps:
+        for step in to_run:
             if step.name in processed or step.name not in done:
                 continue
-            if not all(u in processed for u in pipeline.upstream(step)):
+            if not all(u in processed for u in upstream(step)):
                 continue
             rec = record.step(step.name)
-            broken = [u for u in pipeline.upstream(step) if u in failed]
+            broken = [u for u in upstream(step) if u in failed]
             try:
                 result = ray.get(done[step.name])
                 _fill(rec, result)
             except Exception as exc:  # noqa: BLE001 - any step error ends up in the record, named
                 cause = _cause(exc)
                 if broken:
-                    upstream = record.step(broken[0])
-                    root = upstream.error if upstream.status == "not_run" else f"upstream step '{broken[0]}' failed"
+                    first_broken = record.step(broken[0])
+                    root = f"upstream step '{broken[0]}' failed"
+                    if first_broken.status == "not_run":
+                        root = first_broken.error
                     rec.status, rec.error = "not_run", root
                 else:
                     rec.status = "failed"
@@ -212,9 +284,10 @@ def _watch(
             if on_step:
                 on_step(record, rec)
         mark_running()
-    first = next((record.step(s.name) for s in pipeline.steps if record.step(s.name).status == "failed"), None)
-    record.status = "failed" if failed else "succeeded"
+    first = next((record.step(s.name) for s in to_run if record.step(s.name).status == "failed"), None)
+    complete = all(s.status in ("succeeded", "cached") for s in record.steps)
+    record.status = "failed" if failed else "succeeded" if complete else "running"
     record.error = f"step '{first.name}': {first.error}" if first else ""
-    record.finished = now_iso()
+    record.finished = "" if record.status == "running" else now_iso()
     history.save(storage, record)
     return record
