@@ -21,15 +21,11 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +35,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.redis_server import redis_server
 from ml_system.features import Entity, FeatureView, Field
 from ml_system.features.definitions import DeltaSource
 from ml_system.features.online import OnlineStore
@@ -46,7 +43,6 @@ from ml_system.features.online.codec import LAYOUT_WIDTH
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.sqlite import SqliteOnlineStore
 from ml_system.features.store import OnlineFeatureReader
-from ml_system.serving.deploy import free_port
 
 N_ENTITIES = 100_000
 N_FEATURES = 10
@@ -57,33 +53,6 @@ VIEW = FeatureView(
     DeltaSource("bench"),
     ttl=timedelta(days=1),
 )
-
-
-@contextmanager
-def redis_server(workdir: str) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def fill(store: OnlineStore) -> None:

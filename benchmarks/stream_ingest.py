@@ -26,15 +26,11 @@ import math
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import numpy as np
@@ -42,12 +38,12 @@ import ray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.redis_server import redis_server
 from ml_system.config import PlatformConfig, load_config
 from ml_system.features import Entity, FeatureStore, Field
 from ml_system.features.streaming import group
 from ml_system.features.streaming.sources import StreamSource, open_stream_source
 from ml_system.features.streaming.views import Aggregation, EventSource, StreamFeatureView
-from ml_system.serving.deploy import free_port
 
 USER = Entity("user", ["user_id"])
 EVENTS = EventSource("clicks", [Field("amount", "float64")], table="click_events")
@@ -64,33 +60,6 @@ VIEW = StreamFeatureView(
     ],
     allowed_lateness=timedelta(minutes=5),
 )
-
-
-@contextmanager
-def redis_server(workdir: str) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 class Producer:
