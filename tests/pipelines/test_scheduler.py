@@ -137,4 +137,6 @@ def test_the_scheduler_actor_fires_every_slot_once_across_a_kill_and_a_restart(
         record = history.load(storage, slots[sid]["claim"]["run_id"])  # one run id, one record per slot
         assert record.status == "succeeded" and record.trigger == "schedule:every2s"
     owners = {s["claim"]["owner"] for s in slots.values()}
+    runs = [slots[sid]["claim"]["run_id"] for sid in claimed]
+    print(f"slots claimed {len(claimed)}, run ids {len(set(runs))}, done {finished()}, schedulers {len(owners)}")
     assert len(owners) == 2  # the first scheduler's slots, then the restarted one's

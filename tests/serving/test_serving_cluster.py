@@ -93,6 +93,7 @@ def test_killing_a_replica_under_load_fails_at_most_one_request_in_a_thousand(
     os.kill(victim, signal.SIGKILL)
     out, _ = load.communicate(timeout=120)
     counts = read_report(out)
+    print("replica killed under load:", counts)
     assert counts["requests"] > 1000, out
     assert counts["failed"] / counts["requests"] <= 0.001, out
     assert victim not in cluster.replica_pids()
