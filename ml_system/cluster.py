@@ -109,13 +109,19 @@ def use_token_auth() -> bool:
     if auth_token() is None:
         return False
     os.environ[AUTH_MODE_ENV] = "token"
-    try:  # Ray caches its config per process: re-read it so this process sees token mode too
+    _reread_ray_config()
+    return True
+
+
+def _reread_ray_config() -> None:
+    """Ray reads its config (the auth mode among it) once per process, often on import: re-read it,
+    or this process would start a cluster that wants a token and then connect without one."""
+    try:
         from ray._raylet import Config
 
         Config.initialize("")
     except Exception:  # the environment alone holds for processes started from here
         log.debug("could not refresh Ray's config", exc_info=True)
-    return True
 
 
 def auth_headers(token_path: Path | None = None) -> dict[str, str]:
@@ -152,6 +158,7 @@ def connect(config: RayConfig) -> str:
         else:
             for name, value in token_auth_env().items():
                 os.environ.setdefault(name, value)
+            _reread_ray_config()
         if address:
             # attaching prints two INFO lines on stderr, which would break a command's one-line error
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

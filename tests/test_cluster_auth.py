@@ -124,3 +124,30 @@ def test_the_documented_start_script_checks_the_token_on_a_fresh_machine(monkeyp
     finally:
         stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+LOCAL_START = """
+import ray
+from ml_system.cluster import connect
+from ml_system.config import load_config
+
+connect(load_config().ray)
+
+@ray.remote
+def ping() -> str:
+    return "pong"
+
+print(ray.get(ping.remote(), timeout=120))
+"""
+
+
+def test_a_local_start_wants_the_token_and_its_own_driver_sends_it(tmp_path: Path) -> None:
+    """``mlsys quickstart``'s path: Ray has read its config on import, before ``connect`` turns token
+    mode on; the driver must still present the token to the cluster it just started."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token"), "MLSYS_HOME": str(tmp_path / "home"),
+            "MLSYS_RAY__NUM_CPUS": "1", "MLSYS_RAY__OBJECT_STORE_MEMORY": "100000000"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", LOCAL_START], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().endswith("pong"), out.stderr[-3000:]
+    assert mode(tmp_path / "auth_token") == 0o600
