@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -38,6 +39,23 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, seconds: 
             time.sleep(0.05)
     proc.kill()
     pytest.fail(f"{what} did not start on port {port}")
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of one test's own, which it may stop (SIGSTOP) or kill without touching others'."""
+    server = shutil.which("redis-server")
+    assert server is not None, "redis-server is needed"
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    proc = subprocess.Popen([server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc, "redis-server", 10)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from ml_system.features import Entity, FeatureView, Field, OnlineFeatureReader
 from ml_system.features.definitions import DeltaSource
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.sqlite import SqliteOnlineStore
-from tests.conftest import free_port, wait_for_port
 
 HANG = 20.0  # seconds after which a read that has not returned counts as hung
 view = FeatureView("stats", [Entity("driver", ["driver_id"])], [Field("rate")], DeltaSource("stats"))
@@ -49,26 +47,6 @@ def outcome(call: Callable[[], Any]) -> Any:
     thread.join(HANG)
     assert not thread.is_alive(), "the read hung instead of failing within its deadline"
     return box[0]
-
-
-@pytest.fixture()
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    server = shutil.which("redis-server")
-    assert server is not None, "redis-server is needed"
-    port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-    proc = subprocess.Popen(
-        [server, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, proc, "redis-server", 10)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.parametrize("fast_read_link", [True, False])

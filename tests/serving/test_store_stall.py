@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +24,13 @@ from ml_system.config import PlatformConfig
 from ml_system.pipelines import steps
 from ml_system.serving.deploy import deploy_config
 from ml_system.usecases.flights.demo import DEMO_CUTOFF
-from tests.conftest import free_port, make_config, wait_for_port
+from tests.conftest import make_config
 from tests.serving.test_reconfigure_and_autoscaling import document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAME = "stall"
 HANG_S = 30.0  # a request still open after this long counts as hung
-
-
-@pytest.fixture()
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    server = shutil.which("redis-server")
-    assert server is not None, "redis-server is needed"
-    port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-    proc = subprocess.Popen([server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, proc, "redis-server", 10)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def wait_until(what: str, check: Any, timeout_s: float = 120) -> None:
