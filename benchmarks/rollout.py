@@ -43,6 +43,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 from ray import serve  # noqa: E402
 
+from benchmarks import proc_cpu  # noqa: E402
 from ml_system.config import load_config  # noqa: E402
 from ml_system.serving.deploy import deploy_config, free_port  # noqa: E402
 from ml_system.serving.loadgen import PacedLoad, Sent, summarize  # noqa: E402
@@ -73,17 +74,22 @@ SWITCH_S = 3.0
 
 
 class Timeline:
-    """Named, back-to-back windows of the one constant load (monotonic seconds)."""
+    """Named, back-to-back windows of the one constant load (monotonic seconds), with the CPU seconds each
+    process of this run (the Ray cluster, the CLI, wrk) spent in each, from ``/proc``."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[str, float, float]] = []
+        self.cpu: list[dict[str, float]] = []
         self.start = time.monotonic()
+        self._snap = proc_cpu.snapshot([os.getpid()])
 
     def cut(self, name: str, at: float | None = None) -> None:
         """The window since the previous cut ends now (or ``at``) and is called ``name``."""
         end = time.monotonic() if at is None else at
+        snap = proc_cpu.snapshot([os.getpid()])
         self.marks.append((name, self.start, end))
-        self.start = end
+        self.cpu.append(proc_cpu.by_role(self._snap, snap))
+        self.start, self._snap = end, snap
 
 
 def mlsys(home: Path, token: str, *args: str, on_line: Callable[[str, float], None] | None = None) -> int:
@@ -244,10 +250,16 @@ def main() -> None:
 
     rows = [(name, summarize(sent, t0, t1)) for name, t0, t1 in timeline.marks]
     print(f"\nversions: {versions}; wrk's own count: {load.report}")
-    print(f"{'transition':34} {'requests':>9} {'failed':>7} {'p99 ms':>8} {'req/s':>7}  versions (arms)")
-    for name, r in rows:
-        print(f"{name:34} {r['requests']:>9} {r['failed']:>7} {r['p99_ms']:>8.1f} {r['rps']:>7.1f}  "
+    print(
+        f"{'transition':34} {'requests':>9} {'failed':>7} {'p99 ms':>8} {'req/s':>7} {'replica CPU ms/req':>19}"
+        "  versions (arms)"
+    )
+    for (name, r), cpu in zip(rows, timeline.cpu, strict=True):
+        replica = 1000 * cpu.get("replica", 0.0) / max(r["requests"], 1)
+        print(f"{name:34} {r['requests']:>9} {r['failed']:>7} {r['p99_ms']:>8.1f} {r['rps']:>7.1f} {replica:>19.2f}  "
               f"{','.join(r['versions'])} ({','.join(r['arms'])})")  # fmt: skip
+        for s in r["failures"]:
+            print(f"  failed: sent at +{s.at - timeline.marks[0][1]:.2f} s, status {s.status or 'none'}, {s.ms:.0f} ms")
     by = dict(rows)
     calm = [
         s

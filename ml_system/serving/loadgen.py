@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -78,7 +79,7 @@ local ts = ffi.new("mlsys_ts")
 local function now_ms() ffi.C.clock_gettime(1, ts); return tonumber(ts.s) * 1000 + tonumber(ts.ns) / 1e6 end
 local counter = 0
 setup = function(thread) counter = counter + 1; thread:set("id", counter) end
-local log, nextslot, sent_at, stopped
+local log, nextslot, sent_at, stopped, paced
 init = function(args)
   math.randomseed(os.time() + id)
   log = io.open(LOG_PREFIX .. id, "w")
@@ -89,6 +90,7 @@ delay = function()
   if stopped then return 3600000 end
   local f = io.open(STOP_FILE, "r")
   if f then f:close(); stopped = true; return 3600000 end
+  paced = true
   local t = now_ms()
   if nextslot < t - 1000 then nextslot = t end  -- after a stall, catch up at most one second of sends
   local wait = nextslot - t
@@ -97,8 +99,11 @@ delay = function()
   return wait
 end
 request = function()
-  sent_at = now_ms()
-  log:write(string.format("S %.3f\\n", sent_at))
+  -- wrk calls request() once on the first thread to check it, before any delay(): that one is never sent
+  if paced then
+    sent_at = now_ms()
+    log:write(string.format("S %.3f\\n", sent_at))
+  end
   return wrk.format("POST", ROUTE, {["Content-Type"] = "application/json"}, bodies[math.random(#bodies)])
 end
 response = function(status, headers, body)
@@ -147,9 +152,10 @@ class PacedLoad:
         script = self._dir / "paced.lua"
         bodies = ",\n".join("[[" + json.dumps({self.items_field: [r]}) + "]]" for r in self.rows)
         interval_ms = 1000.0 * self.connections / self.rate
+        path = urlsplit(self.url).path.rstrip("/")  # wrk sends the script's path, not the URL's
         header = (
             f"LOG_PREFIX = {json.dumps(str(self._dir / 'log.'))}\nSTOP_FILE = {json.dumps(str(self._dir / 'stop'))}\n"
-            f"INTERVAL = {interval_ms!r}\nTHREADS = {self.connections}\nROUTE = {json.dumps(self.route)}\n"
+            f"INTERVAL = {interval_ms!r}\nTHREADS = {self.connections}\nROUTE = {json.dumps(path + self.route)}\n"
             f"bodies = {{\n{bodies}\n}}\n"
         )
         script.write_text(header + _PACED)
@@ -196,6 +202,7 @@ def summarize(sent: list[Sent], start: float, end: float) -> dict[str, Any]:
     return {
         "requests": len(mine),
         "failed": sum(1 for s in mine if s.status != 200),
+        "failures": [s for s in mine if s.status != 200][:10],
         "p99_ms": p99,
         "rps": len(mine) / (end - start) if end > start else 0.0,
         "versions": sorted({s.version for s in mine if s.version}),

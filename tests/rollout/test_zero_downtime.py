@@ -183,3 +183,54 @@ def test_every_rollout_transition_under_constant_load_fails_no_request(
     # the shadow scored a mirror of the callers' requests while it ran (the log is flushed every 2 s)
     table = FeatureStore(served_home).offline.read_pandas("prediction_log")
     assert (table[(table["arm"] == "shadow")]["model_version"] == shadow).any(), "the shadow never scored"
+
+
+def test_the_load_counts_every_request_a_server_fails_or_drops() -> None:
+    """Against a server that answers 503 to some requests and closes the connection on others without an
+    answer, the load's count of failures is exactly the server's (the other tests rely on it)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = {"n": 0, "bad": 0, "dropped": 0}
+    lock = threading.Lock()
+
+    class Flaky(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            with lock:
+                seen["n"] += 1
+                n = seen["n"]
+            if n % 13 == 0:
+                with lock:
+                    seen["dropped"] += 1
+                self.close_connection = True  # no answer at all: the client sees a closed socket
+                return
+            status = 503 if n % 7 == 0 else 200
+            seen["bad"] += status != 200
+            body = json.dumps({"model_version": "7"}).encode()
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.send_header("x-model-arm", "champion")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        load = PacedLoad(f"http://127.0.0.1:{server.server_port}/app", [{"a": 1}], rate=100, connections=4,
+                         drain_s=1).start()  # fmt: skip
+        time.sleep(3)
+        sent = load.stop()
+    finally:
+        server.shutdown()
+    row = summarize(sent, 0, float("inf"))
+    assert row["requests"] == seen["n"] > 100
+    assert row["failed"] == seen["bad"] + seen["dropped"] and seen["bad"] > 0 and seen["dropped"] > 0
+    assert sum(1 for s in sent if s.status == 0) == seen["dropped"]
+    assert row["versions"] == ["7"] and row["arms"] == ["champion"]
