@@ -14,8 +14,8 @@ its status, latency, model version and arm; the run is cut into one window per t
    (``mlsys rollout start --wait``): its start, each step and the promotion are windows of their own;
 3. a challenger that predicts noise is rolled back automatically at its first step;
 4. a blue-green switch to a new version, and the switch back (``mlsys rollout abort``);
-5. a shadow started, running, and stopped: the callers' p99 with the shadow against the windows
-   just before and after it;
+5. a shadow started, running, and stopped with the CLI, then switched on and off in-process a few
+   more times: the callers' p99 in the windows with the shadow against the alternating ones without;
 6. ``serve deploy`` of the shipped config with a changed ``user_config`` (batch size).
 
 A request fails when its answer is not a 200 (a 503 included), never comes (socket error, reset,
@@ -45,11 +45,13 @@ from ray import serve  # noqa: E402
 
 from benchmarks import proc_cpu  # noqa: E402
 from ml_system.config import load_config  # noqa: E402
+from ml_system.rollout.controller import RolloutController  # noqa: E402
 from ml_system.serving.deploy import deploy_config, free_port  # noqa: E402
 from ml_system.serving.loadgen import PacedLoad, Sent, summarize  # noqa: E402
 from ml_system.teams.groups import load_groups  # noqa: E402
 from ml_system.teams.identity import TokenStore  # noqa: E402
 from ml_system.training import tracking  # noqa: E402
+from ml_system.usecase import load_usecase  # noqa: E402
 from ml_system.usecases.flights.demo import demo_flights, flights_from_frame  # noqa: E402
 from tests.serving.rollout_load import register_random  # noqa: E402
 from tests.serving.test_live_model import copy_of_champion  # noqa: E402
@@ -113,8 +115,9 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("MLSYS_HOME", str(Path.home() / ".mlsys")))
     parser.add_argument("--quick", action="store_true", help="3 s canary steps, 5 s steady windows")
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second, on a fixed schedule")
-    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections (one wrk thread each)")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (one wrk thread each)")
     parser.add_argument("--timeout", type=float, default=5.0, help="an answer slower than this (s) counts as failed")
+    parser.add_argument("--shadow-pairs", type=int, default=2, help="more shadow on/off window pairs")
     parser.add_argument("--keep-home", action="store_true", help="keep the copied home (audit log, rollout state)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -212,7 +215,7 @@ def main() -> None:
         versions["green"] = green
 
         time.sleep(steady_s)
-        timeline.cut("(before shadow)")
+        timeline.cut("(shadow off)")
         shadow = copy_of_champion(config)
         tracking.client(config.mlflow).set_registered_model_alias(NAME, "challenger", shadow)
         assert mlsys(home, token, "rollout", "start", "--plan", str(plans["shadow"])) == 0
@@ -224,8 +227,22 @@ def main() -> None:
         time.sleep(SWITCH_S)
         timeline.cut("shadow stop")
         time.sleep(steady_s)
-        timeline.cut("(after shadow)")
+        timeline.cut("(shadow off)")
         versions["shadow"] = shadow
+        # more shadow on / off windows, switched in-process (no CLI start-up on the machine), so that the
+        # callers' p99 with and without the shadow is compared on alternating windows, not one of each
+        controller = RolloutController(config, load_usecase("flights"))
+        for _ in range(args.shadow_pairs):
+            controller.start(plans["shadow"], token)
+            time.sleep(SWITCH_S)
+            timeline.cut("(shadow switching)")
+            time.sleep(steady_s)
+            timeline.cut("(shadow on)")
+            controller.abort(token, "shadow off")
+            time.sleep(SWITCH_S)
+            timeline.cut("(shadow switching)")
+            time.sleep(steady_s)
+            timeline.cut("(shadow off)")
 
         before = httpx.get(f"{url}/info", timeout=30).json()["served_by"]
         deployment["user_config"]["max_batch_size"] = 32
@@ -260,17 +277,21 @@ def main() -> None:
               f"{','.join(r['versions'])} ({','.join(r['arms'])})")  # fmt: skip
         for s in r["failures"]:
             print(f"  failed: sent at +{s.at - timeline.marks[0][1]:.2f} s, status {s.status or 'none'}, {s.ms:.0f} ms")
-    by = dict(rows)
-    calm = [
-        s
-        for s in sent
-        if any(t0 <= s.at < t1 for n, t0, t1 in timeline.marks if n in ("(before shadow)", "(after shadow)"))
-    ]
-    on = by["(shadow on)"]["p99_ms"]
-    off = summarize(calm, 0, float("inf"))["p99_ms"]
+    pooled = {}
+    for state in ("on", "off"):
+        spans = [
+            (t0, t1, cpu)
+            for (n, t0, t1), cpu in zip(timeline.marks, timeline.cpu, strict=True)
+            if n == f"(shadow {state})"
+        ]
+        mine = [s for s in sent if any(t0 <= s.at < t1 for t0, t1, _ in spans)]
+        replica = 1000 * sum(cpu.get("replica", 0.0) for _, _, cpu in spans) / max(len(mine), 1)
+        pooled[state] = (summarize(mine, 0, float("inf"))["p99_ms"], replica, len(spans))
+    (on, on_cpu, n_on), (off, off_cpu, n_off) = pooled["on"], pooled["off"]
     total = summarize(sent, timeline.marks[1][1], timeline.marks[-1][2])
-    print(f"callers' p99 with the shadow {on:.1f} ms, without (the windows before and after) {off:.1f} ms: "
-          f"ratio {on / off:.2f} (shared machine)")  # fmt: skip
+    print(f"callers' p99 with the shadow {on:.1f} ms ({n_on} windows), without {off:.1f} ms ({n_off} windows, "
+          f"alternating): ratio {on / off:.2f}; replica CPU per caller request {on_cpu:.2f} ms with, "
+          f"{off_cpu:.2f} ms without (shared machine)")  # fmt: skip
     print(
         f"RESULT rollout requests={total['requests']} failed={total['failed']} p99_ms={total['p99_ms']:.1f} "
         f"rps={total['rps']:.0f} min_window_rps={min(r['rps'] for _, r in rows):.0f} shadow_p99_ratio={on / off:.2f}"
