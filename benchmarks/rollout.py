@@ -276,7 +276,8 @@ def main() -> None:
         print(f"{name:34} {r['requests']:>9} {r['failed']:>7} {r['p99_ms']:>8.1f} {r['rps']:>7.1f} {replica:>19.2f}  "
               f"{','.join(r['versions'])} ({','.join(r['arms'])})")  # fmt: skip
         for s in r["failures"]:
-            print(f"  failed: sent at +{s.at - timeline.marks[0][1]:.2f} s, status {s.status or 'none'}, {s.ms:.0f} ms")
+            what = f"answered {s.answered} after {s.ms:.0f} ms" if s.answered else "no answer"
+            print(f"  failed: sent at +{s.at - timeline.marks[0][1]:.2f} s, {what}")
     pooled = {}
     for state in ("on", "off"):
         spans = [

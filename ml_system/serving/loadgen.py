@@ -117,10 +117,12 @@ end
 
 @dataclass
 class Sent:
-    """One request of a :class:`PacedLoad`: ``status`` 0 when no answer came back."""
+    """One request of a :class:`PacedLoad`: ``status`` 0 when no answer came back in time; ``answered`` is the
+    status of an answer that came late (0: none at all)."""
 
     at: float
     status: int = 0
+    answered: int = 0
     ms: float = float("nan")
     version: str = ""
     arm: str = ""
@@ -188,7 +190,8 @@ class PacedLoad:
                     sent.append(last)
                 elif parts[0] == "R" and len(parts) == 6 and last is not None:
                     ms = float(parts[3])
-                    last.status = int(parts[2]) if ms <= self.timeout_s * 1000 else 0
+                    last.answered = int(parts[2])
+                    last.status = last.answered if ms <= self.timeout_s * 1000 else 0
                     last.ms, last.version, last.arm = ms, parts[4].strip("-"), parts[5].strip("-")
                     last = None
         return sorted((s for s in sent if s.at >= since), key=lambda s: s.at)
