@@ -206,6 +206,4 @@ def run_quickstart(
     console.print(table)
     if probed.sample:
         console.print("sample response:", probed.sample)
-    if burst is not None:
-        console.print(describe(burst))
     return result

@@ -44,7 +44,7 @@ def _arrival_order(events: pd.DataFrame, max_delay_s: int, seed: int = 5) -> pd.
 def test_offline_values_from_the_declaration_equal_the_streamed_values(
     tmp_path: Path, private_redis: tuple[str, object], ray_cluster: str, december_departures: pd.DataFrame
 ) -> None:
-    config = stream_config(tmp_path / "mlsys", private_redis[0], stream="departures")
+    config = stream_config(tmp_path / "mlsys", private_redis[0], stream="departures", batch_size="500")
     store = FeatureStore(config)
     store.apply([airport, carrier, route, *VIEWS])
     events = december_departures
