@@ -103,9 +103,14 @@ def test_the_rows_a_flight_joins_hold_only_departures_before_it(flights_platform
     )
     newest = ewr.loc[ewr["event_timestamp"] <= at, "event_timestamp"].max()  # the row it joins is as of then
     window = ewr[(ewr["event_timestamp"] > newest - pd.Timedelta(hours=3)) & (ewr["event_timestamp"] <= newest)]
+    assert flight["event_id"] not in set(window["event_id"])
     assert joined["origin_departures_3h"].iloc[0] == len(window)
     assert joined["origin_delay_rate_3h"].iloc[0] == pytest.approx(window["delayed"].mean())
-    assert joined["origin_departures_3h"].iloc[1] > joined["origin_departures_3h"].iloc[0]  # its own, once it left
+    # once it left, the row of its own departure time counts it
+    gone = flight["event_timestamp"]
+    own = ewr[(ewr["event_timestamp"] > gone - pd.Timedelta(hours=3)) & (ewr["event_timestamp"] <= gone)]
+    assert flight["event_id"] in set(own["event_id"])
+    assert joined["origin_departures_3h"].iloc[1] == len(own)
 
 
 def test_a_burst_of_late_departures_raises_the_airports_predictions(flights_platform, flights_url: str) -> None:
@@ -115,9 +120,9 @@ def test_a_burst_of_late_departures_raises_the_airports_predictions(flights_plat
     assert demo.items and all(item["origin"] == "EWR" for item in demo.items)
     assert len(demo.burst) == 30 and all(float(m["dep_delay"]) >= 60 for m in demo.burst)
     # what the replayed history touches, as materialized at the cut-off (restored afterwards)
-    touched = {view: sorted({m[view.join_keys[0]] for m in [*demo.history, *demo.burst]}) for view in VIEWS}
+    touched = {v.name: sorted({m[v.join_keys[0]] for m in [*demo.history, *demo.burst]}) for v in VIEWS}
     before_rows = {
-        view.name: dict(zip(keys, store.online.read(view.name, keys), strict=True)) for view, keys in touched.items()
+        v.name: dict(zip(touched[v.name], store.online.read(v.name, touched[v.name]), strict=True)) for v in VIEWS
     }
     try:
         report = run_burst(config, demo, flights_url, "flights", ScorerSettings())
@@ -128,16 +133,16 @@ def test_a_burst_of_late_departures_raises_the_airports_predictions(flights_plat
         assert after_ewr is not None and after_ewr.values[2] > before_rows["origin_stats"]["EWR"].values[2]
         # entities the burst did not touch: the stream, replaying the windows' history, wrote what was materialized
         bursted = {m[k] for m in demo.burst for k in departures.KEYS}
-        for view, keys in touched.items():
-            quiet = [k for k in keys if k not in bursted and before_rows[view.name][k] is not None]
+        for view in VIEWS:
+            old_rows = before_rows[view.name]
+            quiet = [k for k in touched[view.name] if k not in bursted and old_rows[k] is not None]
             assert quiet or view.name == "carrier_stats"
             for k, row in zip(quiet, store.online.read(view.name, quiet), strict=True):
-                old = before_rows[view.name][k]
-                assert row is not None and row.event_ts == old.event_ts, (view.name, k)
-                assert all(same(a, b) for a, b in zip(row.values, old.values, strict=True)), (view.name, k)
+                assert row is not None and row.event_ts == old_rows[k].event_ts, (view.name, k)
+                assert all(same(a, b) for a, b in zip(row.values, old_rows[k].values, strict=True)), (view.name, k)
     finally:  # the session's other tests read the materialized rows
         for namespace in snapshots.write_targets(store.online):
-            for view, keys in touched.items():
-                store.online.delete(view.name, keys, namespace)
+            for view in VIEWS:
+                store.online.delete(view.name, touched[view.name], namespace)
                 rows = [(k, r.event_ts, r.created_ts, list(r.values)) for k, r in before_rows[view.name].items() if r]
                 store.online.write_batch(view.name, rows, namespace, fields=view.feature_names)
