@@ -33,6 +33,8 @@ GROUP = "mlsys-quickstart"  # never the operator's own group, whose consumers re
 
 @dataclass
 class BurstReport:
+    """Each item's answer before and after the burst; ``note`` says why the step was skipped."""
+
     label: str
     field: str
     items: list[dict[str, Any]]
