@@ -9,9 +9,6 @@ stream are what the consumers aggregate for serving.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import pandas as pd
 
 from ml_system.features import Field
@@ -105,12 +102,3 @@ def burst(
             "dep_delay": [min_delay + (7 * i) % 60 for i in range(count)],
         }
     )
-
-
-def entity_keys(items: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """Per key column, the keys a set of request items reads (for checking their rows)."""
-    return {
-        "carrier": sorted({i["carrier"] for i in items}),
-        "origin": sorted({i["origin"] for i in items}),
-        "route": sorted({f"{i['origin']}-{i['dest']}" for i in items}),
-    }
