@@ -113,11 +113,29 @@ class ServingSpec:
 
 
 @dataclass(frozen=True)
+class StreamDemo:
+    """What the quickstart streams once the app serves: events replayed, then a burst, then the same items re-scored.
+
+    ``history`` (broker messages) brings the stream's window state to what the online store holds
+    at the cut-off; ``burst`` is the news; ``items`` are scored before and after it.
+    """
+
+    label: str
+    history: list[dict[str, str]]
+    burst: list[dict[str, str]]
+    items: list[dict[str, Any]]
+    score_field: str
+    """The answer's field compared before and after (``delay_probability``)."""
+
+
+@dataclass(frozen=True)
 class Demo:
     """What the quickstart replays: features known at ``cutoff``, then real requests after it."""
 
     cutoff: datetime
     requests: Callable[[PlatformConfig], list[dict[str, Any]]]
+    stream: Callable[[PlatformConfig], StreamDemo] | None = None
+    """A burst streamed through the stream feature views after serving (none: the quickstart skips it)."""
 
 
 @dataclass(frozen=True)

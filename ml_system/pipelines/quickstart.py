@@ -21,6 +21,7 @@ from rich.table import Table
 from ml_system.cluster import connect, quiet
 from ml_system.config import PlatformConfig
 from ml_system.pipelines import steps
+from ml_system.pipelines.stream_demo import BurstReport, describe, run_burst
 from ml_system.serving.app import AppArgs, build_app
 from ml_system.serving.deploy import fast_serving_env, run_app
 from ml_system.usecase import UseCase
@@ -70,6 +71,7 @@ class QuickstartResult:
     wall_s: float
     stage_s: dict[str, float] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
+    burst: BurstReport | None = None
 
 
 def run_quickstart(
@@ -149,6 +151,14 @@ def run_quickstart(
         probed = probe(url, usecase.serving.items_field, items, requests=requests)
         done(task, "requests", t0)
 
+        burst = None
+        if usecase.demo.stream is not None:
+            t0 = time.perf_counter()
+            task = stage("Stream: a burst of events through the consumer group, the same requests again")
+            demo = usecase.demo.stream(config)
+            burst = run_burst(config, demo, url, usecase.serving.items_field, AppArgs().user_config)
+            done(task, "stream", t0)
+
     result = QuickstartResult(
         dashboard_url=dashboard,
         endpoint=f"{url}/predict",
@@ -164,6 +174,7 @@ def run_quickstart(
         wall_s=time.perf_counter() - t_start,
         stage_s=stage_s,
         sample=probed.sample,
+        burst=burst,
     )
     table = Table(title=f"ml_system quickstart: {usecase.name}: {usecase.description}")
     table.add_column("what")
@@ -184,6 +195,8 @@ def run_quickstart(
         "serving latency",
         f"p50 {probed.p50_ms:.1f} ms, p99 {probed.p99_ms:.1f} ms ({probed.requests} requests, {probed.errors} errors)",
     )
+    if burst is not None:
+        table.add_row("stream", describe(burst))
     table.add_row("endpoint", f"{url}/predict  (OpenAPI: {url}/docs)")
     table.add_row("Ray dashboard", dashboard or "(not available)")
     table.add_row("MLflow", f"mlflow ui --backend-store-uri {config.mlflow.tracking_uri}")

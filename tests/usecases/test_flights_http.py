@@ -129,7 +129,8 @@ def test_mlflow_pyfunc_predicts_what_the_app_answers_for_the_same_feature_row(
     online = store.get_online_features(
         "flight_delay_v1", [entity_row(i) for i in items], now=[i.sched_dep_time for i in items]
     )
-    rows = pd.DataFrame({c: [float("nan") if v is None else v for v in online.values[c]] for c in columns})
+    # counts come back as ints; the signature is double, and MLflow leaves casting ints to the caller
+    rows = pd.DataFrame({c: [float("nan") if v is None else float(v) for v in online.values[c]] for c in columns})
     assert isinstance(items[0].sched_dep_time, datetime)
     got = list(model.predict(rows))
     assert got == pytest.approx([p["delay_probability"] for p in served], rel=1e-6)

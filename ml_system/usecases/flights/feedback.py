@@ -16,7 +16,7 @@ import pandas as pd
 from ml_system.config import PlatformConfig
 from ml_system.features import FeatureStore
 from ml_system.usecases.flights.data import RAW_FLIGHTS
-from ml_system.usecases.flights.training_rows import DELAY_THRESHOLD_MIN
+from ml_system.usecases.flights.departures import DELAY_THRESHOLD_MIN
 
 KEYS = ["carrier", "tailnum", "route", "sched_dep_ts"]
 

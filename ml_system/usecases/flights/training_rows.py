@@ -14,7 +14,7 @@ import pandas as pd
 from ml_system.features import FeatureStore
 from ml_system.usecase import TrainingRows
 from ml_system.usecases.flights.data import LOCAL_TZ, RAW_FLIGHTS
-from ml_system.usecases.flights.features import DELAY_THRESHOLD_MIN
+from ml_system.usecases.flights.departures import DELAY_THRESHOLD_MIN
 
 LABEL = "delayed"
 COLUMNS = ["carrier", "flight", "tailnum", "origin", "dest", "route", "sched_dep_ts", "dep_ts", "dep_delay"]
