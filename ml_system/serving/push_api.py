@@ -11,18 +11,20 @@ to the view's Delta table first, then online; the offline table's columns must m
 Each row must hold exactly the view's join keys, its event timestamp and its features (the
 created timestamp is optional); a wrong type is refused with the row and field named. Only the
 team that owns the view (``FeatureView.team``) may push to it. The write is ``store.push``:
-idempotent (the same rows retried append once), offline first, then online into every snapshot a
-reader may be switched to.
+idempotent (the same rows retried append once: the key is a hash of the rows as sent), offline
+first, then online into every snapshot a reader may be switched to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict, create_model
+from pydantic_core import to_json
 
 from ml_system.config import PlatformConfig
 from ml_system.errors import DefinitionError, MLSystemError, StoreUnavailableError
@@ -80,6 +82,14 @@ def request_model(view: FeatureView) -> type[BaseModel]:
     )
 
 
+def rows_key(view: FeatureView, rows: list[BaseModel]) -> str:
+    """The push's idempotency key: the rows as sent, so a retried request appends once even though a row
+    without a created timestamp gets a new one each time."""
+    digest = hashlib.sha256(view.name.encode())
+    digest.update(to_json([r.model_dump(mode="json") for r in rows]))
+    return digest.hexdigest()[:32]
+
+
 def rows_frame(view: FeatureView, rows: list[BaseModel]) -> pd.DataFrame:
     """Validated rows as the frame ``store.push`` takes, typed per the view (the created time defaults to now)."""
     src = view.source
@@ -135,10 +145,13 @@ class PushRoute:
             owner = f"team '{view.team}'" if view.team else "no team (set FeatureView.team)"
             raise HTTPProblem(403, f"feature view '{view.name}' belongs to {owner}; the key is of team '{caller.team}'")
         payload = parse_body(self._model(view), body)
-        frame = rows_frame(view, payload.rows)  # type: ignore[attr-defined]
+        rows = payload.rows  # type: ignore[attr-defined]
+        frame = rows_frame(view, rows)
         to_offline = envelope.to == "online_and_offline"
         try:
-            written = await asyncio.to_thread(self.store.push, view.name, frame, to_offline)
+            written = await asyncio.to_thread(
+                self.store.push, view.name, frame, to_offline, idempotency_key=rows_key(view, rows)
+            )
         except StoreUnavailableError:
             raise
         except MLSystemError as exc:  # a row dated in the future, an offline table whose columns differ

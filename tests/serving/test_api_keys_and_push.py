@@ -130,3 +130,17 @@ def test_push_is_for_the_owning_team_and_checked_against_the_schema(platform: Pl
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"view": VIEW, "rows": 1, "entities_written": 1, "to": "online"}
     assert store.get_online_features([ref], [{"carrier": "ZQ"}]).values["carrier_delay_rate_20"] == [0.25]
+
+
+def test_a_push_to_online_and_offline_appends_to_the_views_table_once(platform: Platform) -> None:
+    store = FeatureStore(platform.config)
+    before = len(store.offline.read_pandas(VIEW))
+    body = {"view": VIEW, "rows": [push_row("ZR", 0.5), push_row("ZS", 0.75)], "to": "online_and_offline"}
+    for _ in range(2):  # the retry of the same rows appends nothing
+        resp = httpx.post(f"{platform.open_url}/push", json=body, headers=platform.bearer("delays"), timeout=60)
+        assert resp.status_code == 200, resp.text
+    table = store.offline.read_pandas(VIEW)
+    assert len(table) == before + 2
+    assert sorted(table[table["carrier"].isin(["ZR", "ZS"])]["carrier_delay_rate_20"]) == [0.5, 0.75]
+    got = store.get_online_features([f"{VIEW}:carrier_delay_rate_20"], [{"carrier": "ZR"}, {"carrier": "ZS"}])
+    assert got.values["carrier_delay_rate_20"] == [0.5, 0.75]
