@@ -11,8 +11,10 @@ timing, which is why ``identity.authenticate``'s compare-every-hash loop is not 
 
 When keys are needed: ``/push`` and ``/info`` always (``/info`` on a platform with no team token
 at all stays open: there is no key to present); ``/predict`` per ``AppArgs.api_keys``: ``auto``
-(default) when Serve's HTTP proxy binds an address other than loopback, ``required`` always,
-``off`` never; ``/healthz`` never (load balancers and Serve's own probes call it).
+(default) when Serve's HTTP proxy binds an address other than loopback and the platform has team
+tokens (with none it stays open, and a warning says so at replica start), ``required`` always,
+``off`` never (``auto`` also turns it on where Serve's direct ingress gives replicas ports on every
+interface); ``/healthz`` never (load balancers and Serve's own probes call it).
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ def proxy_host(default: str) -> str:
         return default
 
 
+def replicas_listen_widely() -> bool:
+    """Serve's direct ingress (on with HAProxy) gives each replica an HTTP port on every interface, whatever
+    ``http_options.host`` says: a request reaching it skips the proxy, so ``auto`` counts it as exposed."""
+    try:
+        from ray.serve._private import constants
+
+        return bool(constants.RAY_SERVE_ENABLE_DIRECT_INGRESS)
+    except Exception:  # noqa: BLE001 - a Serve without the setting has no direct ingress
+        return False
+
+
 def presented_token(headers: Headers) -> str | None:
     auth = headers.get("authorization")
     if auth:
@@ -70,12 +83,19 @@ class ApiKeys:
     def __init__(self, config: PlatformConfig, mode: str, host: str) -> None:
         self.config = config
         self.host = host
-        self.predict_needs_key = mode == "required" or (mode == "auto" and not is_loopback(host))
+        self.mode = mode
+        self.exposed = not is_loopback(host) or replicas_listen_widely()
         self.tokens_file = Path(config.teams.state_dir) / "tokens.json"
         self._seen = self._stamp()
         self._next_look = time.monotonic() + REFRESH_S
         self.index: dict[str, tuple[str, str]] = {}
         self.load()
+        if mode == "auto" and self.exposed and not self.index:
+            log.warning(
+                "the app is reachable from other machines (%s) but the platform has no team tokens: /predict "
+                "answers without a key until one is issued (`mlsys groups token issue TEAM`)",
+                host,
+            )
 
     def _stamp(self) -> float:
         try:
@@ -105,6 +125,14 @@ class ApiKeys:
     def any_known(self) -> bool:
         self._refresh()
         return bool(self.index)
+
+    @property
+    def predict_needs_key(self) -> bool:
+        """``required``; or ``auto`` on an exposed app of a platform that has team tokens (one that has none
+        stays open, as the CLI does: the quickstart's app answers without a key)."""
+        if self.mode == "required":
+            return True
+        return self.mode == "auto" and self.exposed and self.any_known
 
     def caller(self, headers: Headers) -> Actor:
         """The team calling, or a 401 problem saying what was wrong (never the token)."""
