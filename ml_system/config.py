@@ -346,6 +346,9 @@ class TeamsConfig(_Section):
     """Teams, quotas and priorities (``docs/teams.md``); a relative path is read from the working directory."""
     state_dir: str = ""
     """Admission ledger, experiment queue and token hashes (default ``<home>/teams``)."""
+    access: Literal["auto", "enforce", "open"] = "auto"
+    """Whether changes to team-owned resources need the team's token (``docs/security.md``): ``auto``
+    enforces once any team token exists, ``enforce`` always, ``open`` never (a single-user platform)."""
 
 
 class PlatformConfig(_Section):

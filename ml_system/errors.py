@@ -75,6 +75,8 @@ class DataValidationError(PipelineError):
     def __reduce__(self) -> tuple[object, ...]:
         # raised inside a Ray task and re-raised on the driver: the report must survive pickling
         return (type(self), (str(self), self.report))
+
+
 class TeamError(MLSystemError):
     """A resource group, team or quota is invalid, unknown, or cannot hold what was asked of it."""
 

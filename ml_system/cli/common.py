@@ -92,4 +92,4 @@ def when(value: datetime | None) -> str:
     return "-" if value is None else value.isoformat(timespec="seconds")
 
 
-ByOpt = typer.Option(None, "--by", help="Who makes the change (default: the OS user)")
+ByOpt = typer.Option(None, "--by", help="Who makes the change on a platform without team tokens (default: the OS user)")

@@ -21,6 +21,7 @@ from ml_system.cli.common import (
     parse_time,
     when,
 )
+from ml_system.cli.groups import TokenOpt
 from ml_system.config import PlatformConfig
 from ml_system.errors import MLSystemError
 
@@ -48,6 +49,16 @@ def _definitions(module: str | None, usecase: str | None, cfg: PlatformConfig) -
     if not found:
         raise MLSystemError(f"module '{module}' defines no Entity, FeatureView or FeatureService")
     return module, found
+
+
+def _acting(cfg: PlatformConfig, token: str | None, by: str | None) -> tuple[str, Any]:
+    """Who a registry change is recorded as, and the guard that checks the view's team (``docs/security.md``)."""
+    from ml_system.features.ownership import acting_on_views
+
+    who, guard = acting_on_views(cfg, token, by_name(by))
+    if guard is not None and by:
+        raise MLSystemError("--by is not taken where team tokens are enforced: the token's team is recorded")
+    return who, guard
 
 
 DefsOpt = typer.Option(None, "--module", "-m", help="Python module holding definitions (default: the use case's)")
@@ -84,17 +95,21 @@ def features_apply(
     usecase: str | None = UseCaseOpt,
     prune: bool = PruneOpt,
     by: str | None = ByOpt,
+    token: str | None = TokenOpt,
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
 ) -> None:
-    """Validate the definitions of a use case (or MODULE) and record them as a new registry version."""
+    """Validate the definitions of a use case (or MODULE) and record them as a new registry version.
+
+    Where team tokens are enforced, every view created or changed must belong to the token's team."""
     from ml_system.features import FeatureStore
 
     cfg = cli_config(config, home)
+    who, guard = _acting(cfg, token, by)
     store = FeatureStore(cfg)
     source, defs = _definitions(module, usecase, cfg)
     before = store.registry.version
-    version = store.apply(defs, by=by_name(by), prune=prune)
+    version = store.apply(defs, by=who, prune=prune, guard=guard)
     if version == before:
         console.print(f"{source}: no changes; registry stays at version {version}")
     else:
@@ -113,7 +128,18 @@ def features_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
 
     store = FeatureStore(cli_config(config, home))
     table = Table(title=f"feature views (registry version {store.registry.version})")
-    for col in ("view", "entities", "features", "ttl", "owner", "state", "models", "latest event", "online until"):
+    for col in (
+        "view",
+        "entities",
+        "features",
+        "ttl",
+        "team",
+        "owner",
+        "state",
+        "models",
+        "latest event",
+        "online until",
+    ):
         table.add_column(col)
     for view in store.list_feature_views():
         fresh = store.freshness(view.name)
@@ -122,6 +148,7 @@ def features_list(config: str | None = ConfigOpt, home: str | None = HomeOpt) ->
             ", ".join(view.join_keys),
             str(len(view.schema)),
             str(view.ttl or "-"),
+            view.team or "-",
             view.owner or "-",
             view.lifecycle.value if view.lifecycle else "-",
             _consumer_names(store.registry.consumers(view.name)),
@@ -142,7 +169,9 @@ def features_describe(name: str, config: str | None = ConfigOpt, home: str | Non
     fresh = store.freshness(name)
     state = view.lifecycle.value if view.lifecycle else "-"
     console.print(f"[bold]{view.name}[/bold]: {view.description}")
-    console.print(f"owner {view.owner or '-'}, state {state}, ttl {view.ttl or 'none'}, tags {view.tags}")
+    console.print(
+        f"team {view.team or '-'}, owner {view.owner or '-'}, state {state}, ttl {view.ttl or 'none'}, tags {view.tags}"
+    )
     console.print(f"entities {', '.join(e.name for e in view.entities)} (join keys {', '.join(view.join_keys)})")
     console.print(f"source: Delta table '{view.source.table}' at {store.offline.table_uri(view.source.table)}")
     console.print(f"latest event {when(fresh.latest_event)}, online until {when(fresh.materialized_until)}")
@@ -198,17 +227,19 @@ def features_lifecycle(
     state: str = typer.Argument(..., help="draft | active | deprecated | retired"),
     by: str | None = ByOpt,
     reason: str = typer.Option("", help="Why, kept in the view's history"),
+    token: str | None = TokenOpt,
     config: str | None = ConfigOpt,
     home: str | None = HomeOpt,
 ) -> None:
-    """Move a feature view through draft -> active -> deprecated -> retired."""
+    """Move a feature view through draft -> active -> deprecated -> retired (its team's token, where enforced)."""
     from ml_system.features import FeatureStore, Lifecycle
 
     if state not in {s.value for s in Lifecycle}:
         err.print(f"[red]error:[/red] state '{state}' is not one of {[s.value for s in Lifecycle]}")
         raise typer.Exit(2)
-    store = FeatureStore(cli_config(config, home))
-    version = store.registry.set_lifecycle(name, state, by=by_name(by), reason=reason)
+    cfg = cli_config(config, home)
+    who, guard = _acting(cfg, token, by)
+    version = FeatureStore(cfg).registry.set_lifecycle(name, state, by=who, reason=reason, guard=guard)
     console.print(f"{name} is {state} (registry version {version})")
 
 

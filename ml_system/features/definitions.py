@@ -137,6 +137,9 @@ class FeatureView:
     tags: dict[str, str] = field(default_factory=dict)
     lifecycle: Lifecycle | None = None
     """None keeps the registered state (a new view starts active); the registry owns it after that."""
+    team: str = ""
+    """The team of the resource groups that owns the view: where team tokens are enforced, only its token
+    may change the view, move it through its lifecycle or push rows to it (``docs/security.md``)."""
 
     def __post_init__(self) -> None:
         check_name("feature view", self.name)

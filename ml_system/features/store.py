@@ -33,7 +33,7 @@ from ml_system.features.online import OnlineStore, open_online_store
 from ml_system.features.online_reader import OnlineFeatureReader, OnlineFeatures
 from ml_system.features.partitioning import KeyKind, arrow_key_kind, common_kinds, key_kind
 from ml_system.features.pit_join import JoinSpec, join_blocks, join_pandas
-from ml_system.features.registry import Change, Definition, Registry
+from ml_system.features.registry import Change, Definition, Guard, Registry
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,14 @@ class FeatureStore:
         return self._online
 
     # ---- registry -------------------------------------------------------
-    def apply(self, objects: list[Definition], *, by: str = "", prune: bool = False) -> int:
+    def apply(self, objects: list[Definition], *, by: str = "", prune: bool = False, guard: Guard | None = None) -> int:
         """Check sources, then record the definitions as one registry version (or none on any error)."""
         self._check_placement("apply feature definitions", ("registry",))
         for obj in objects:
             if isinstance(obj, FeatureView):
                 self._check_source(obj)
         self._name_legacy_rows(objects)
-        return self.registry.apply(objects, by=by, prune=prune)
+        return self.registry.apply(objects, by=by, prune=prune, guard=guard)
 
     def _name_legacy_rows(self, objects: list[Definition]) -> None:
         """Before a view's fields change, record what the values of its pre-layout online rows are called.

@@ -24,6 +24,7 @@ from ml_system.pipelines import steps
 from ml_system.pipelines.stream_demo import BurstReport, describe, run_burst
 from ml_system.serving.app import AppArgs, build_app
 from ml_system.serving.deploy import fast_serving_env, run_app
+from ml_system.teams.identity import TOKEN_ENV
 from ml_system.usecase import UseCase
 
 
@@ -41,7 +42,9 @@ def probe(url: str, items_field: str, items: list[dict[str, Any]], requests: int
     latencies = []
     errors = 0
     sample: dict[str, Any] = {}
-    with httpx.Client(base_url=url, timeout=30) as client:
+    token = os.environ.get(TOKEN_ENV)  # the app needs a key where the platform has team tokens (docs/security.md)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         for i in range(requests):
             body = {items_field: [items[i % len(items)]]}
             t0 = time.perf_counter()

@@ -40,6 +40,11 @@ class AppArgs(BaseModel):
     max_rows: int = Field(MAX_ROWS, ge=1, le=100_000)
     scorer_timeout_s: float = Field(SCORER_TIMEOUT_S, gt=0, le=300, description="Deadline of a split ingress's call")
     num_replicas: int | None = Field(None, ge=1, description="Fixed replicas of the scoring deployment")
+    api_keys: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="Team token needed on /predict: auto (when the HTTP proxy binds a non-loopback address), "
+        "required, off; /info and /push always need one (docs/security.md)",
+    )
     user_config: ScorerSettings = Field(default_factory=ScorerSettings)
 
     def scorer_args(self) -> dict[str, Any]:
@@ -60,6 +65,7 @@ class AppArgs(BaseModel):
             "max_rows": self.max_rows,
             "tracing_exporter": self.tracing_exporter,
             "scorer_timeout_s": self.scorer_timeout_s,
+            "api_keys": self.api_keys,
         }
 
 

@@ -32,10 +32,13 @@ from ray.serve.handle import DeploymentHandle
 
 from ml_system.errors import StoreUnavailableError, UnscorableError
 from ml_system.serving import profiling, tracing
+from ml_system.serving.api_keys import ApiKeys, proxy_host
 from ml_system.serving.fast_path import PredictFastPath
 from ml_system.serving.http import HTTPProblem, json_response, parse_body, problem_response, read_body
 from ml_system.serving.metrics import record_request, serving_metrics
+from ml_system.serving.model_deployment import platform_config
 from ml_system.serving.openapi import api_for
+from ml_system.serving.push_api import PushRoute
 from ml_system.serving.router import Router
 from ml_system.serving.scorer import Scored, ScoreRow
 from ml_system.serving.settings import (
@@ -110,7 +113,7 @@ class ScorerDeployment:
 )
 @serve.ingress()
 class Ingress:
-    """``POST /predict``, ``GET /healthz`` and ``GET /info`` for one use case."""
+    """``POST /predict``, ``POST /push``, ``GET /healthz`` and ``GET /info`` for one use case."""
 
     def __init__(self, scorer: DeploymentHandle | None, args: dict[str, Any]) -> None:
         profiling.start_if_asked()
@@ -127,6 +130,9 @@ class Ingress:
         if scorer is None:
             self.local = Router(scorer_args)
             self.local.enable_metrics()
+        config = platform_config(scorer_args.get("home"))
+        self.keys = ApiKeys(config, args.get("api_keys", "auto"), proxy_host(config.serving.host))
+        self.pushes = PushRoute(config)
         self.api, self.request_model = api_for(self.usecase, self)
         self.tag = _replica_tag()
         self._info: dict[str, Any] | None = None
@@ -136,6 +142,7 @@ class Ingress:
         return PredictFastPath(self.api, self.predict)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.keys.load()
         if self.local is not None:
             await self.local.apply(user_config)
 
@@ -168,16 +175,54 @@ class Ingress:
         record_request("/healthz", response.status_code, (time.perf_counter() - t0) * 1000)
         return response
 
-    async def info(self) -> dict[str, Any]:
-        """Model, batching and cache settings of the replica that answers (and its pid)."""
-        info = await self._call(self.remote.describe) if self.remote is not None else await self.describe()  # type: ignore[union-attr]
-        return {**info, "ingress": self.tag, "topology": "split" if self.remote is not None else "fused"}
+    async def info(self, request: Request) -> Response:
+        """Model, batching and cache settings of the replica that answers (and its pid); a team key is needed
+        wherever the platform has team tokens."""
+
+        async def answer(headers: dict[str, str]) -> Response:
+            if self.keys.any_known:
+                self.keys.caller(request.headers)
+            info = await self._call(self.remote.describe) if self.remote is not None else await self.describe()  # type: ignore[union-attr]
+            topology = "split" if self.remote is not None else "fused"
+            return json_response({**info, "ingress": self.tag, "topology": topology}, headers=headers)
+
+        return await self._answered("/info", request, answer)
+
+    async def push(self, request: Request) -> Response:
+        """Rows for a feature view, from the team that owns it (``push_api``)."""
+
+        async def answer(headers: dict[str, str]) -> Response:
+            caller = self.keys.caller(request.headers)
+            body = await read_body(request, MAX_BODY_BYTES)
+            return json_response(await self.pushes.push(caller, body), headers=headers)
+
+        return await self._answered("/push", request, answer)
+
+    async def _answered(self, route: str, request: Request, answer: Any) -> Response:
+        """``answer`` under a trace span, its problems as JSON with ``x-trace-id``, counted in the request metric."""
+        t0 = time.perf_counter()
+        with tracing.request_span(route.strip("/"), request.headers) as span:
+            headers = {TRACE_HEADER: tracing.trace_id(span)}
+            try:
+                response = await answer(headers)
+            except HTTPProblem as problem:
+                response = problem_response(problem, headers)
+            except StoreUnavailableError as exc:
+                response = problem_response(unavailable(f"online store unavailable: {exc}"), headers)
+            except Exception as exc:
+                log.exception("%s failed (trace %s)", route, headers[TRACE_HEADER])
+                response = problem_response(HTTPProblem(500, f"internal error: {type(exc).__name__}"), headers)
+            span.set_attribute("http.status_code", response.status_code)
+        record_request(route, response.status_code, (time.perf_counter() - t0) * 1000)
+        return response
 
     async def predict(self, request: Request) -> Response:
         t0 = time.perf_counter()
         with tracing.request_span("predict", request.headers) as span:
             headers = {TRACE_HEADER: tracing.trace_id(span)}
             try:
+                if self.keys.predict_needs_key:
+                    self.keys.caller(request.headers)
                 response = await self._predict(request, headers)
             except HTTPProblem as problem:
                 response = problem_response(problem, headers)

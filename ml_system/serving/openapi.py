@@ -83,10 +83,28 @@ def api_for(usecase: UseCase, ingress: Any) -> tuple[FastAPI, type[BaseModel]]:
     async def healthz() -> Response:
         return await ingress.healthz()
 
-    @api.get("/info")
-    async def info() -> dict[str, Any]:
+    keyed: dict[int | str, dict[str, Any]] = {
+        401: {"description": "no team token, or not a valid one (`Authorization: Bearer <token>` or `x-api-key`)"}
+    }
+
+    @api.get("/info", responses=keyed)
+    async def info(request: Request) -> Response:
         """Model, batching and cache settings of the replica that answers (and its pid)."""
-        return await ingress.info()
+        return await ingress.info(request)
+
+    @api.post(
+        "/push",
+        responses={
+            **keyed,
+            403: {"description": "the view belongs to another team"},
+            404: {"description": "no such feature view"},
+            409: {"description": "the view is retired"},
+            422: {"description": "a row or field does not match the view's schema; `detail[].loc` names it"},
+        },
+    )
+    async def push(request: Request) -> Response:
+        """Rows for a feature view (`{"view", "rows", "to"}`), from the team that owns it."""
+        return await ingress.push(request)
 
     _with_body(api, body, "/predict")
     return api, body

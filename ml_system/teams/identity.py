@@ -106,28 +106,37 @@ class TokenStore:
         return update_json(self.path, {"tokens": []}, drop)
 
 
-def _known_hashes(groups: ResourceGroups, store: TokenStore | None) -> list[tuple[str, str]]:
-    pairs = [(h, name) for name, spec in groups.teams.items() for h in spec.token_sha256]
+def token_index(groups: ResourceGroups, store: TokenStore | None) -> dict[str, tuple[str, str]]:
+    """Every known hash -> (team, token id); a hash listed in the YAML has no record, its id is ``sha256:<prefix>``.
+
+    Serving replicas keep this dict and answer a request with one lookup of the presented token's hash.
+    """
+    index = {h: (name, f"sha256:{h[:8]}") for name, spec in groups.teams.items() for h in spec.token_sha256}
     if store is not None:
-        pairs += [(r.sha256, r.team) for r in store.records()]
-    return pairs
+        index.update({r.sha256: (r.team, r.id) for r in store.records()})
+    return index
+
+
+def identify(token: str | None, groups: ResourceGroups, store: TokenStore | None = None) -> tuple[Team, str]:
+    """The team ``token`` belongs to and the token's id, or ``AuthenticationError`` (logged; nothing else happens)."""
+    if not token:
+        refuse(store, "no token", None)
+        raise AuthenticationError(f"no team token: set {TOKEN_ENV} to a token of your team")
+    presented = hash_token(token)
+    found: tuple[str, str] | None = None
+    for stored, owner in token_index(groups, store).items():
+        # every stored hash is compared, match or not, so timing reveals nothing
+        if hmac.compare_digest(stored, presented) and found is None:
+            found = owner
+    if found is None or found[0] not in groups.teams:
+        refuse(store, "unknown token", presented)
+        raise AuthenticationError("the team token is not valid (revoked, mistyped, or of a team that was removed)")
+    return Team(found[0], groups.teams[found[0]].priority), found[1]
 
 
 def authenticate(token: str | None, groups: ResourceGroups, store: TokenStore | None = None) -> Team:
     """The team ``token`` belongs to, or ``AuthenticationError`` (logged; nothing else happens)."""
-    if not token:
-        _refuse(store, "no token", None)
-        raise AuthenticationError(f"no team token: set {TOKEN_ENV} to a token of your team")
-    presented = hash_token(token)
-    owner: str | None = None
-    for stored, team in _known_hashes(groups, store):
-        # every stored hash is compared, match or not, so timing reveals nothing
-        if hmac.compare_digest(stored, presented) and owner is None:
-            owner = team
-    if owner is None or owner not in groups.teams:
-        _refuse(store, "unknown token", presented)
-        raise AuthenticationError("the team token is not valid (revoked, mistyped, or of a team that was removed)")
-    return Team(owner, groups.teams[owner].priority)
+    return identify(token, groups, store)[0]
 
 
 def authorize(token: str | None, team: str, groups: ResourceGroups, store: TokenStore | None = None) -> Team:
@@ -135,12 +144,13 @@ def authorize(token: str | None, team: str, groups: ResourceGroups, store: Token
     groups.team(team)
     who = authenticate(token, groups, store)
     if who.name != team:
-        _refuse(store, f"a token of team '{who.name}' acting for team '{team}'", None)
+        refuse(store, f"a token of team '{who.name}' acting for team '{team}'", None)
         raise AuthenticationError(f"the token belongs to team '{who.name}', not '{team}'; nothing was changed")
     return who
 
 
-def _refuse(store: TokenStore | None, reason: str, presented: str | None) -> None:
+def refuse(store: TokenStore | None, reason: str, presented: str | None) -> None:
+    """Log a refusal and append it to ``refusals.log``: every entry point that refuses a token says so here."""
     log.warning("team token refused: %s%s", reason, f" (sha256 {presented[:8]}...)" if presented else "")
     if store is not None:
         store.refused(reason, presented)

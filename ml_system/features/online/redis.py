@@ -27,6 +27,8 @@ fresh one. Writes and admin commands are bounded by ``write_timeout_s``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
 import threading
 import time
@@ -51,6 +53,8 @@ from ml_system.features.online.base import (
 )
 from ml_system.features.online.codec import LAYOUT_WIDTH, TAG, pack_values, unpack_values
 from ml_system.features.online.resp import RespLink, pack_command, supports
+
+log = logging.getLogger(__name__)
 
 _UPSERT_IF_NEWER = """
 local written = 0
@@ -134,6 +138,25 @@ class _PinnedLinks(threading.local):
     link: RespLink | _Link | None = None
 
 
+def password_warning(url: str) -> str | None:
+    """What to tell an operator whose Redis URL carries no password (any URL, loopback or not)."""
+    options = parse_url(url)
+    if options.get("password"):
+        return None
+    where = options.get("path") or f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+    return (
+        f"the online store's Redis URL ({where}) has no password: anyone who can reach it can read and overwrite "
+        "features; set one (redis://:PASSWORD@host:port/db or rediss:// with TLS). A loopback or unix-socket "
+        "Redis is reachable only from this machine, which lowers the risk, but does not remove it"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_once(message: str) -> None:
+    """Each message once per process: stores are opened by every replica, job and command."""
+    log.warning("%s", message)
+
+
 class RedisOnlineStore(OnlineStore):
     config_model = RedisOnlineStoreConfig
 
@@ -149,6 +172,9 @@ class RedisOnlineStore(OnlineStore):
     ) -> None:
         self.url = url
         self.prefix = prefix
+        warning = password_warning(url)
+        if warning:
+            _warn_once(warning)
         self.read_spin_us = read_spin_us
         self.read_timeout_s = read_timeout_s
         self.fast_read_link = fast_read_link and supports(url)

@@ -41,6 +41,9 @@ from ml_system.features.registry.storage import VersionStore, open_version_store
 from ml_system.features.streaming.views import StreamFeatureView
 
 Definition = Entity | FeatureView | OnDemandFeatureView | FeatureService
+Guard = Callable[[dict[str, Any], dict[str, Any]], None]
+"""Called with the latest document and the changed one before a version is written; raises to refuse
+the change (``features.ownership`` checks that the acting team owns every view it changes)."""
 
 # draft -> active -> deprecated -> retired; a deprecation can be withdrawn, retired is final
 TRANSITIONS: dict[Lifecycle, set[Lifecycle]] = {
@@ -96,6 +99,7 @@ def _view_to_dict(view: FeatureView) -> dict[str, Any]:
         "owner": view.owner,
         "description": view.description,
         "tags": dict(view.tags),
+        **({"team": view.team} if view.team else {}),  # recorded only when declared, so older documents match
         **({"stream": view.stream_dict()} if isinstance(view, StreamFeatureView) else {}),
     }
 
@@ -111,6 +115,7 @@ def _view_from_dict(data: dict[str, Any], entities: dict[str, Entity]) -> Featur
         description=data["description"],
         tags=data["tags"],
         lifecycle=Lifecycle(data["lifecycle"]),
+        team=data.get("team", ""),
     )
     return StreamFeatureView.from_registry(view, data["stream"]) if "stream" in data else view
 
@@ -349,7 +354,7 @@ class Registry:
         return sorted(out, key=lambda c: (c.model, int(c.version) if c.version.isdigit() else c.version))
 
     # ---- changing -----------------------------------------------------------------
-    def _commit(self, mutate: Callable[[dict[str, Any]], str], by: str) -> int:
+    def _commit(self, mutate: Callable[[dict[str, Any]], str], by: str, guard: Guard | None = None) -> int:
         """Apply ``mutate`` to the latest document and create the next version, retrying on a lost race."""
         if self._pinned is not None:
             raise StoreError(f"registry at {self.uri} is pinned at version {self._pinned[0]}: it is read-only")
@@ -360,6 +365,8 @@ class Registry:
             _validate(doc)
             if {k: v for k, v in doc.items() if k not in _META} == {k: v for k, v in base.items() if k not in _META}:
                 return version
+            if guard is not None:
+                guard(base, doc)
             doc.update(
                 version=version + 1,
                 created_at=datetime.now(UTC).isoformat(),
@@ -437,7 +444,9 @@ class Registry:
         _validate(doc)
         return diff_documents(base, doc)
 
-    def apply(self, objects: Iterable[Definition], *, by: str = "", prune: bool = False) -> int:
+    def apply(
+        self, objects: Iterable[Definition], *, by: str = "", prune: bool = False, guard: Guard | None = None
+    ) -> int:
         """Validate the whole batch against what is registered, then write it as one new version.
 
         With ``prune`` the objects are the desired state: registered objects not among
@@ -449,9 +458,11 @@ class Registry:
             self._desired(objects, doc, by, prune)
             return f"apply {len(objects)} definitions" + (" (prune)" if prune else "")
 
-        return self._commit(mutate, by)
+        return self._commit(mutate, by, guard)
 
-    def set_lifecycle(self, view: str, state: Lifecycle | str, *, by: str, reason: str = "") -> int:
+    def set_lifecycle(
+        self, view: str, state: Lifecycle | str, *, by: str, reason: str = "", guard: Guard | None = None
+    ) -> int:
         state = Lifecycle(state)
         if not by:
             raise DefinitionError("a lifecycle change needs the name of who makes it (--by)")
@@ -467,9 +478,9 @@ class Registry:
             _move(entry, view, state, by, reason)
             return f"lifecycle {view}: {before} -> {state.value}"
 
-        return self._commit(mutate, by)
+        return self._commit(mutate, by, guard)
 
-    def delete_feature_view(self, view: str, *, by: str) -> int:
+    def delete_feature_view(self, view: str, *, by: str, guard: Guard | None = None) -> int:
         def mutate(doc: dict[str, Any]) -> str:
             if view not in doc["feature_views"]:
                 raise DefinitionError(f"no feature view named '{view}' is registered")
@@ -477,7 +488,7 @@ class Registry:
             del doc["feature_views"][view]
             return f"delete feature view {view}"
 
-        return self._commit(mutate, by)
+        return self._commit(mutate, by, guard)
 
     def record_consumer(self, feature_service: str, model: str, version: str | int, *, by: str = "") -> int:
         """Note that a model version was trained on ``feature_service`` (and so reads its views)."""

@@ -145,6 +145,7 @@ class StreamFeatureView(FeatureView):
         description: str = "",
         tags: dict[str, str] | None = None,
         lifecycle: Lifecycle | None = None,
+        team: str = "",
     ) -> None:
         aggregations = tuple(aggregations)
         what = f"stream feature view '{name}'"
@@ -174,6 +175,7 @@ class StreamFeatureView(FeatureView):
             description=description,
             tags=dict(tags or {}),
             lifecycle=lifecycle,
+            team=team,
         )
         clash = set(self.join_keys) & {events.timestamp_field, events.event_id_field, *kinds}
         if clash:
@@ -221,6 +223,7 @@ class StreamFeatureView(FeatureView):
             description=view.description,
             tags=view.tags,
             lifecycle=view.lifecycle,
+            team=view.team,
         )
 
 

