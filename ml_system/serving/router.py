@@ -28,7 +28,7 @@ from typing import Any
 
 from ml_system.errors import EntityDataError, MLSystemError, UnscorableError
 from ml_system.features import FeatureStore
-from ml_system.serving.prediction_log import LoggedPrediction, PredictionLog, input_digest, now
+from ml_system.serving.prediction_log import LoggedPrediction, PredictionLog, now
 from ml_system.serving.route_plan import RoutePlan, RoutePlanStore
 from ml_system.serving.scorer import Scored, Scorer, ScoreRow
 from ml_system.training import tracking
@@ -161,21 +161,25 @@ class Router:
         return scorer
 
     # ---- scoring -------------------------------------------------------------------------------
-    def choose(self, key: str) -> tuple[Scorer, str, Scorer | None]:
-        """The scorer that answers, its arm, and a shadow to score a copy (or None)."""
+    def choose(self, rows: list[ScoreRow], session: str | None) -> tuple[Scorer, str, Scorer | None]:
+        """The scorer that answers, its arm, and a shadow to score a copy (or None).
+
+        The request's key is only computed when a challenger is loaded: outside a rollout it would
+        be a JSON dump per request for nothing.
+        """
         plan, candidate = self.plan, self.candidate
         if candidate is None:
             return self.primary, CHAMPION_ARM, None
         if plan.strategy == "shadow":
             return self.primary, CHAMPION_ARM, candidate
-        if plan.promoted_version == candidate.version or bucket(key) < plan.weight:
+        if plan.promoted_version == candidate.version or bucket(request_key(rows, session)) < plan.weight:
             return candidate, CHALLENGER_ARM, None
         return self.primary, CHAMPION_ARM, None
 
     async def score(self, rows: list[ScoreRow], session: str | None, request_id: str) -> tuple[Scored, str]:
         if self._watch is None:
             self.start()
-        scorer, arm, shadow = self.choose(request_key(rows, session))
+        scorer, arm, shadow = self.choose(rows, session)
         t0 = time.perf_counter()
         try:
             scored = await scorer.score(rows)
@@ -220,8 +224,9 @@ class Router:
         at, name = now(), scorer.model_name
         version = scored.version if scored is not None else scorer.version
         out = []
+        digest_of = self.log.digest
         for i, row in enumerate(rows):
-            entity, digest = input_digest(row.entity, row.at)
+            entity, digest = digest_of(row.entity, row.at)
             value = scored.scores[i] if scored is not None else float("nan")
             status = "ok" if scored is not None else "error"
             out.append(LoggedPrediction(request_id, at, row.at, name, version, arm, entity, digest, value, status, ms))

@@ -10,7 +10,7 @@ from pathlib import Path
 from ml_system.config_rollout import PredictionLogConfig
 from ml_system.features import FeatureStore
 from ml_system.pipelines.triggers import DeltaPredictionLog
-from ml_system.serving.prediction_log import LoggedPrediction, PredictionLog, input_digest
+from ml_system.serving.prediction_log import DigestMemo, LoggedPrediction, PredictionLog, input_digest
 from tests.conftest import make_config
 
 
@@ -103,3 +103,18 @@ def test_the_analysis_reads_only_the_rollouts_versions_logged_since_the_step_beg
     assert sorted(read_log(config, "flight_delay", ("3", "4"), hour_ago)["request_id"]) == ["a", "a", "b", "b"]
     assert read_log(config, "flight_delay", ("3", "4"), in_an_hour).empty
     assert read_log(config, "arrival_delay", ("3", "4"), hour_ago).empty
+
+
+def test_the_digest_memo_answers_what_input_digest_answers() -> None:
+    """Remembered digests are the same strings, for repeated and new rows, past the memo's bound and
+    for values that cannot be a dict key."""
+    at = datetime(2013, 12, 31, 17, tzinfo=UTC)
+    memo = DigestMemo(entries=3)
+    entities = [{"carrier": "UA", "flight": i, "sched": at + timedelta(hours=i)} for i in range(5)]
+    for _ in range(2):
+        for entity in entities:
+            assert memo(entity, at) == input_digest(entity, at)
+    assert len(memo.known) <= 3
+    assert memo({"carrier": "UA"}, at) != memo({"carrier": "UA"}, at + timedelta(minutes=1))
+    listed = {"carrier": "UA", "legs": [1, 2]}
+    assert memo(listed, at) == input_digest(listed, at)
