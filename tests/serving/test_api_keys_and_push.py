@@ -98,6 +98,7 @@ def test_info_needs_a_key_on_either_app(platform: Platform) -> None:
 def push_row(carrier: str, rate: float) -> dict[str, Any]:
     row: dict[str, Any] = {"carrier": carrier, "event_timestamp": datetime.now(UTC).isoformat()}
     row.update({f: rate for f in FEATURES})
+    row["carrier_departures_3h"] = 4  # a count: the view types it as an integer
     return row
 
 
@@ -114,11 +115,13 @@ def test_push_is_for_the_owning_team_and_checked_against_the_schema(platform: Pl
     missing = {k: v for k, v in push_row("ZQ", 0.25).items() if k != "carrier_departures_3h"}
     extra = {**push_row("ZQ", 0.25), "surprise": 1.0}
     wrong_type = {**push_row("ZQ", 0.25), "carrier_delay_rate_20": "high"}
+    fractional_count = {**push_row("ZQ", 0.25), "carrier_departures_3h": 2.5}
     no_offset = {**push_row("ZQ", 0.25), "event_timestamp": "2013-12-30T17:00:00"}
     for row, field in [
         (missing, "carrier_departures_3h"),
         (extra, "surprise"),
         (wrong_type, "carrier_delay_rate_20"),
+        (fractional_count, "carrier_departures_3h"),
         (no_offset, "event_timestamp"),
     ]:
         assert_problem(httpx.post(url, json={"view": VIEW, "rows": [row]}, headers=delays, timeout=30), 422, field)

@@ -108,11 +108,12 @@ def test_replicas_scale_up_under_load_and_back_down(
         serve.delete("autoscale")
 
 
-def test_the_shipped_autoscaling_follows_a_step_to_32_connections_and_back(
+def test_the_shipped_autoscaling_follows_a_step_to_64_connections_and_back(
     serve_port: int, served_home: Any, demo_rows: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     """The shipped ``autoscaling_config`` as it is (only the CPU reservation shrunk to fit the test cluster):
-    32 connections from idle need two replicas at 16 ongoing requests each, and idle needs one again."""
+    32 connections are what one replica holds (32 ongoing requests each); a step from idle to 64 needs a
+    second replica, and idle needs one again."""
     import shutil
     import signal
     import subprocess
@@ -121,25 +122,27 @@ def test_the_shipped_autoscaling_follows_a_step_to_32_connections_and_back(
         pytest.fail("wrk is not installed; scripts/setup.sh installs it")
     doc = document(serve_port, served_home.home, "stepload", {})
     shipped = doc["applications"][0]["deployments"][0]["autoscaling_config"]
-    assert (shipped["min_replicas"], shipped["target_ongoing_requests"]) == (1, 16)
+    assert (shipped["min_replicas"], shipped["target_ongoing_requests"]) == (1, 32)
     url = deploy_config(doc)["stepload"]
     script = lua_script(demo_rows, tmp_path / "predict.lua", route="/stepload/predict")
     try:
         assert replicas("stepload") == 1
         load = subprocess.Popen(
-            ["wrk", "-t1", "-c32", "-d60s", "--timeout", "10s", "-s", str(script), url],
+            ["wrk", "-t1", "-c64", "-d60s", "--timeout", "10s", "-s", str(script), url],
             stdout=subprocess.PIPE,
             text=True,
         )
         peak, started = 1, time.monotonic()
         while load.poll() is None:
+            if replicas("stepload") >= 2 and peak < 2:
+                print(f"second replica serving {time.monotonic() - started:.1f} s after the step to 64 connections")
             peak = max(peak, replicas("stepload"))
             if peak >= 2 and time.monotonic() - started > 20:
                 load.send_signal(signal.SIGINT)  # wrk stops and prints what it counted
                 break
             time.sleep(0.5)
         out = load.communicate(timeout=30)[0]
-        assert peak >= 2, f"32 connections did not bring a second replica\n{out}"
+        assert peak >= 2, f"64 connections did not bring a second replica\n{out}"
         assert " requests in " in out and "Non-2xx" not in out and "Socket errors" not in out, out
         deadline = time.monotonic() + shipped["downscale_delay_s"] + 180
         while time.monotonic() < deadline and replicas("stepload") > 1:
