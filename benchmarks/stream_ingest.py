@@ -102,8 +102,8 @@ class Producer:
             due = int(rate * elapsed) - (self.sent - first)
             if due > 0:
                 self.source.publish(self._batch(min(due, 2000)))
-            else:
-                time.sleep(0.002)
+            else:  # 10 ms between sends: 200 events per XADD batch at 20,000/s
+                time.sleep(0.01)
             if at_half is not None and not fired and elapsed >= seconds / 2:
                 at_half()  # type: ignore[operator]
                 fired = True

@@ -143,16 +143,23 @@ class RedisStreamSource(StreamSource):
         more per event than Redis did); a reply that is an error fails the call."""
         if not events:
             return []
-        stream = self.stream.encode()
-        packed = b"".join(
-            pack_command((b"XADD", stream, b"*", *[p for k, v in e.items() for p in (str(k).encode(), _raw(v))]))
-            for e in events
-        )
+        head = [b"XADD", self.stream.encode(), b"*"]
+        names: dict[Any, bytes] = {}
+        packed = []
+        for event in events:
+            command = head.copy()
+            for name, value in event.items():
+                raw = names.get(name)
+                if raw is None:
+                    raw = names[name] = str(name).encode()
+                command.append(raw)
+                command.append(value.encode() if type(value) is str else _raw(value))
+            packed.append(pack_command(tuple(command)))
         pool = self._client.connection_pool
         with self._calling("publishing"):
             connection = pool.get_connection()
             try:
-                connection.send_packed_command([packed])
+                connection.send_packed_command([b"".join(packed)])
                 replies = [connection.read_response() for _ in events]
             except BaseException:
                 connection.disconnect()

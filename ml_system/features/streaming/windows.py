@@ -84,7 +84,7 @@ def window_values(p: Plan, events: Sequence[Event], times: Sequence[int], end: i
         start = bisect_right(times, t - window, 0, end) if window is not None else max(0, end - (last_n or 0))
         present = [v for e in events[start:end] if (v := e.values[index]) is not None]
         for at, function in outs:
-            out[at] = _reduce(function, present)
+            out[at] = len(present) if function == "count" else _reduce(function, present)
     return out
 
 

@@ -27,7 +27,7 @@ def test_an_entity_held_in_the_earlier_layout_keeps_its_events_and_moves_to_the_
     client.hset(f"{head}s:u1", mapping={"newest": str(T0 + 2), "stamp": "5"})
     for n in range(3):
         client.set(f"{head}seen:old{n}", "1")
-    state = WindowState(private_redis.url, "st", 3600, 5.0)
+    state = WindowState(private_redis.url, "st", 5.0)
     view = ViewParams(head, HOUR_US, HOUR_US, 2, 1)
 
     statuses, entities = state.apply([view], [_item("u1", "new", T0 + 10, 9.5), _item("u1", "old1", T0 + 1, 1.0)])
@@ -43,7 +43,7 @@ def test_an_entity_held_in_the_earlier_layout_keeps_its_events_and_moves_to_the_
 
 
 def test_events_past_the_longest_window_are_pruned_but_the_last_n_stay(private_redis: RedisServer) -> None:
-    state = WindowState(private_redis.url, "st", 3600, 5.0)
+    state = WindowState(private_redis.url, "st", 5.0)
     view = ViewParams("st:v:", HOUR_US, HOUR_US, 3, 1)
     early = [_item("u1", f"a{n}", T0 + n, float(n)) for n in range(5)]
     state.apply([view], early)
