@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/stream_ingest.py --quick
 
 A private ``redis-server`` (broker, window state and online store), a local Ray cluster and the
-platform's consumer group (``streaming.consumers`` actors), fed by a producer in this process at a
-fixed offered rate. One stream feature view over ``--entities`` users: count, sum and max over one
+platform's consumer group (``streaming.consumers`` actors, as ``mlsys stream start`` runs them), fed
+at a fixed offered rate by a producer in a process of its own (pipelined ``XADD``, one write per
+10 ms). CPU per event is measured per process (producer, consumers, ``redis-server``, and Ray's
+processes with this driver apart). One stream feature view over ``--entities`` users: count, sum and max over one
 hour, mean over three hours, sum of the last 10 events. Phases:
 
 1. steady: ``--rate`` events/s for ``--seconds``; freshness is the time from an event's timestamp
@@ -251,7 +253,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="length of the steady and kill phases")
     parser.add_argument("--backlog", type=int, default=None, help="events of the backlog phase")
     parser.add_argument("--entities", type=int, default=100_000)
-    parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--consumers", type=int, default=None, help="default: streaming.consumers of the config")
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
     seconds = args.seconds or (10.0 if args.quick else 60.0)
@@ -267,7 +269,7 @@ def main() -> None:
                 "MLSYS_STREAMING__BROKER_URL": url,
                 "MLSYS_STREAMING__STREAM": "clicks",
                 "MLSYS_STREAMING__BATCH_SIZE": str(args.batch_size),
-                "MLSYS_STREAMING__CONSUMERS": str(args.consumers),
+                **({"MLSYS_STREAMING__CONSUMERS": str(args.consumers)} if args.consumers else {}),
                 "MLSYS_STREAMING__CONSUMER_CPUS": "0.5",
                 "MLSYS_STREAMING__CLAIM_IDLE_MS": "5000",
             }
@@ -328,7 +330,8 @@ def main() -> None:
             ray.shutdown()
     shutil.rmtree(home, ignore_errors=True)
 
-    print(f"\n{args.consumers} consumers, batch {args.batch_size}, {args.entities:,} users, offered {args.rate:,.0f}/s")
+    consumers = config.streaming.consumers
+    print(f"\n{consumers} consumers, batch {args.batch_size}, {args.entities:,} users, offered {args.rate:,.0f}/s")
     print(f"{'phase':<9} {'offered/s':>10} {'ingested/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'drain s':>8}")
     for name, off, got, fresh, drain in rows:
         p50, p99, top = np.percentile(fresh, [50, 99, 100]) if len(fresh) else (math.nan,) * 3

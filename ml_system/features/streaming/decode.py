@@ -127,7 +127,7 @@ class EventDecoder:
                 raise EventError(f"field '{column}': {raw!r} is not finite")
             else:
                 parsed.append(number)
-        values = tuple(tuple(parsed[i] for i in pick) for pick in self._picks)
+        values = tuple([tuple([parsed[i] for i in pick]) for pick in self._picks])
         return DecodedEvent(event_id, ts, tuple(keys), values)
 
 

@@ -60,6 +60,9 @@ class RedisStreamSource(StreamSource):
             socket_connect_timeout=request_timeout_s,
             retry=Retry(NoBackoff(), 0),  # the consumer loop owns retries and reports them
         )
+        # XREADGROUP's reply as it comes (nested lists): redis-py's parsing of it into dicts cost
+        # about a tenth of a consumer's CPU per event; ``read`` pairs the fields up itself
+        self._client.set_response_callback("XREADGROUP", _unparsed)
         self._claim_cursor = "0-0"
 
     @classmethod
@@ -89,8 +92,11 @@ class RedisStreamSource(StreamSource):
             reply = self._client.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
         if not reply:
             return []
-        _, entries = reply[0]
-        return [StreamMessage(entry_id, fields or {}) for entry_id, fields in entries]
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]  # RESP3: a map by stream
+        return [
+            StreamMessage(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {})
+            for entry_id, flat in entries
+        ]
 
     def ack(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -188,6 +194,10 @@ class RedisStreamSource(StreamSource):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _unparsed(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _raw(value: Any) -> bytes:

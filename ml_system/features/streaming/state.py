@@ -218,12 +218,15 @@ class EntityState(NamedTuple):
 
 def member(ts: int, values: Sequence[float | None], event_id: str) -> str:
     """An event as stored: exact (a float's ``repr`` reads back as the same float); the id last, as it may hold '|'."""
-    return "|".join([str(ts), *("" if v is None else repr(v) for v in values), event_id])
+    return "|".join([str(ts), *["" if v is None else repr(v) for v in values], event_id])
 
 
 def parse_member(text: str, width: int) -> Event:
     parts = text.split("|", width + 1)
-    return Event(int(parts[0]), parts[-1], tuple(None if p == "" else float(p) for p in parts[1 : width + 1]))
+    if width == 1:  # the common one-column view, without a generator per event
+        value = parts[1]
+        return Event(int(parts[0]), parts[2], (float(value) if value else None,))
+    return Event(int(parts[0]), parts[-1], tuple([None if p == "" else float(p) for p in parts[1 : width + 1]]))
 
 
 class WindowState:
