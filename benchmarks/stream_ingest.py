@@ -277,15 +277,15 @@ def main() -> None:
         store = FeatureStore(config)
         store.apply([USER, VIEW])
         redis_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
-        producer = ProducerProcess(config.streaming, args.entities)
         ray.init(
             address="local", num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False
         )
+        producer = ProducerProcess(config.streaming, args.entities)
         source = open_stream_source(config.streaming)
         gc.collect()
         gc.freeze()  # the driver's imports stay for good: the collector need not walk them
-        names = group.start(config)
         try:
+            names = group.start(config)
             while not all(s.get("state") == "running" for s in group.status(config)["consumers"].values()):
                 time.sleep(0.2)
             producer.burst(20_000)  # warm-up: scripts loaded, connections open, layouts registered
