@@ -40,7 +40,8 @@ class StreamingConfig(BaseModel):
     """An entry delivered this long ago and still unacknowledged is taken over (its consumer is presumed dead)."""
     claim_every_s: float = Field(1.0, gt=0)
     dedup_ttl_s: int = Field(3_600, ge=1)
-    """How long an event id is remembered: a redelivery within it is never counted twice."""
+    """Unused: duplicates are now found among the events each entity holds (``allowed_lateness`` and its
+    windows bound how long); kept so that configs naming it still load."""
     max_deliveries: int = Field(10, ge=1)
     """An entry delivered this many times without success goes to the dead letter (a poison message)."""
     retry_initial_s: float = Field(0.1, gt=0)

@@ -79,7 +79,13 @@ class StreamIngestor:
         self.decoder = EventDecoder(views)
         self.plans = [plan(v) for v in views]
         self.params = [
-            ViewParams(state.head(v.name), _us(v.allowed_lateness), _us(v.state_horizon), v.keep_last, len(p.columns))
+            ViewParams(
+                state.head(v.name),
+                _us(v.allowed_lateness),
+                max(_us(v.state_horizon), _us(v.allowed_lateness)),  # held events are what duplicates are found in
+                v.keep_last,
+                len(p.columns),
+            )
             for v, p in zip(views, self.plans, strict=True)
         ]
         self.status = ConsumerStatus(name)

@@ -40,6 +40,11 @@ _PARSE: dict[str, Any] = {
 }
 
 
+def _unparsable(text: str) -> float:
+    """A value field of a type no aggregation reads: every value of it is refused."""
+    raise ValueError(text)
+
+
 def parse_timestamp(text: str, field: str) -> int:
     """ISO 8601 with an offset (``2013-01-01T05:15:00+00:00`` or ``...Z``) to ns; naive times are refused."""
     try:
@@ -68,7 +73,12 @@ class EventDecoder:
         self._keys = [
             [(k, normaliser(kind, v.name, k)) for k, kind in zip(v.join_keys, v.key_types, strict=True)] for v in views
         ]
-        self._columns = [v.value_columns for v in views]
+        columns: list[str] = []
+        for view in views:
+            columns += [c for c in view.value_columns if c not in columns]
+        self._parsers = [(c, _PARSE.get(self.dtypes[c], _unparsable), self.dtypes[c]) for c in columns]
+        """Each value field once, however many views read it; its parser and declared type."""
+        self._picks = [tuple(columns.index(c) for c in v.value_columns) for v in views]
         self._times: dict[str, int] = {}
 
     def decode(self, fields: dict[str, str]) -> DecodedEvent:
@@ -77,6 +87,8 @@ class EventDecoder:
         event_id = fields.get(self.id_field)
         if not event_id:
             raise EventError(f"field '{self.id_field}' is missing or empty")
+        if "\0" in event_id:  # the window state separates the ids it holds with NUL
+            raise EventError(f"field '{self.id_field}' holds a NUL character")
         text = fields.get(self.ts_field)
         if not text:
             raise EventError(f"field '{self.ts_field}' is missing or empty")
@@ -97,30 +109,26 @@ class EventDecoder:
                 except Exception as exc:  # noqa: BLE001 - the normaliser's reason goes to the dead letter
                     raise EventError(f"join key '{key}': {exc}") from None
             keys.append(parts[0] if len(parts) == 1 else entity_key(parts))
-        parsed: dict[str, float | None] = {}
-        values = []
-        for columns in self._columns:
-            row = []
-            for column in columns:
-                if column not in parsed:
-                    parsed[column] = self._value(column, fields.get(column))
-                row.append(parsed[column])
-            values.append(tuple(row))
-        return DecodedEvent(event_id, ts, tuple(keys), tuple(values))
-
-    def _value(self, column: str, raw: str | None) -> float | None:
-        if raw is None:
-            raise EventError(f"field '{column}' is missing (send it empty for a missing value)")
-        if raw == "":
-            return None
-        kind = self.dtypes[column]
-        try:
-            number = float(_PARSE[kind](raw))
-        except (ValueError, KeyError):
-            raise EventError(f"field '{column}': {raw!r} is not {kind}") from None
-        if math.isinf(number):
-            raise EventError(f"field '{column}': {raw!r} is not finite")
-        return None if math.isnan(number) else number
+        parsed: list[float | None] = []
+        for column, parse, kind in self._parsers:
+            raw = fields.get(column)
+            if raw is None:
+                raise EventError(f"field '{column}' is missing (send it empty for a missing value)")
+            if raw == "":
+                parsed.append(None)
+                continue
+            try:
+                number = float(parse(raw))
+            except (ValueError, KeyError):
+                raise EventError(f"field '{column}': {raw!r} is not {kind}") from None
+            if number != number:  # NaN: a missing value
+                parsed.append(None)
+            elif math.isinf(number):
+                raise EventError(f"field '{column}': {raw!r} is not finite")
+            else:
+                parsed.append(number)
+        values = tuple([tuple([parsed[i] for i in pick]) for pick in self._picks])
+        return DecodedEvent(event_id, ts, tuple(keys), values)
 
 
 def _json_fields(text: str) -> dict[str, str]:

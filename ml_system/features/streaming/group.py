@@ -48,7 +48,7 @@ def open_ingestor(config: PlatformConfig, name: str) -> StreamIngestor:
     views = fed_views(config)
     if not streaming.state_url:
         raise ConfigError("streaming.state_url is empty: name the Redis that holds the window state")
-    state = WindowState(streaming.state_url, streaming.state_prefix, streaming.dedup_ttl_s, streaming.request_timeout_s)
+    state = WindowState(streaming.state_url, streaming.state_prefix, streaming.request_timeout_s)
     return StreamIngestor(
         name,
         streaming,

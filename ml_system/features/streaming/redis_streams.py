@@ -60,6 +60,9 @@ class RedisStreamSource(StreamSource):
             socket_connect_timeout=request_timeout_s,
             retry=Retry(NoBackoff(), 0),  # the consumer loop owns retries and reports them
         )
+        # XREADGROUP's reply as it comes (nested lists): redis-py's parsing of it into dicts cost
+        # about a tenth of a consumer's CPU per event; ``read`` pairs the fields up itself
+        self._client.set_response_callback("XREADGROUP", _unparsed)
         self._claim_cursor = "0-0"
 
     @classmethod
@@ -89,8 +92,11 @@ class RedisStreamSource(StreamSource):
             reply = self._client.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
         if not reply:
             return []
-        _, entries = reply[0]
-        return [StreamMessage(entry_id, fields or {}) for entry_id, fields in entries]
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]  # RESP3: a map by stream
+        return [
+            StreamMessage(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {})
+            for entry_id, flat in entries
+        ]
 
     def ack(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -143,16 +149,23 @@ class RedisStreamSource(StreamSource):
         more per event than Redis did); a reply that is an error fails the call."""
         if not events:
             return []
-        stream = self.stream.encode()
-        packed = b"".join(
-            pack_command((b"XADD", stream, b"*", *[p for k, v in e.items() for p in (str(k).encode(), _raw(v))]))
-            for e in events
-        )
+        head = [b"XADD", self.stream.encode(), b"*"]
+        names: dict[Any, bytes] = {}
+        packed = []
+        for event in events:
+            command = head.copy()
+            for name, value in event.items():
+                raw = names.get(name)
+                if raw is None:
+                    raw = names[name] = str(name).encode()
+                command.append(raw)
+                command.append(value.encode() if type(value) is str else _raw(value))
+            packed.append(pack_command(tuple(command)))
         pool = self._client.connection_pool
         with self._calling("publishing"):
             connection = pool.get_connection()
             try:
-                connection.send_packed_command([packed])
+                connection.send_packed_command([b"".join(packed)])
                 replies = [connection.read_response() for _ in events]
             except BaseException:
                 connection.disconnect()
@@ -181,6 +194,10 @@ class RedisStreamSource(StreamSource):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _unparsed(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _raw(value: Any) -> bytes:

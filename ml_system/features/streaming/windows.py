@@ -32,10 +32,18 @@ class Event(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """A view's aggregations compiled for the loop: (value index, function, window ns or None, last n or None)."""
+    """A view's aggregations compiled for the loop.
+
+    Aggregations over the same column and the same window share one pass over the events (``count``,
+    ``sum`` and ``max`` over one hour read the same slice): ``groups`` holds, per distinct (value
+    index, window ns, last n), the output positions and functions fed from it. Computing each
+    aggregation on its own slice cost the consumer about a third of its CPU per event.
+    """
 
     columns: tuple[str, ...]
     steps: tuple[tuple[int, str, int | None, int | None], ...]
+    """(value index, function, window ns or None, last n or None) per aggregation, in output order."""
+    groups: tuple[tuple[int, int | None, int | None, tuple[tuple[int, str], ...]], ...]
 
 
 def plan(view: StreamFeatureView) -> Plan:
@@ -49,7 +57,11 @@ def plan(view: StreamFeatureView) -> Plan:
         )
         for a in view.aggregations
     )
-    return Plan(columns, steps)
+    shared: dict[tuple[int, int | None, int | None], list[tuple[int, str]]] = {}
+    for at, (index, function, window, last_n) in enumerate(steps):
+        shared.setdefault((index, window, last_n), []).append((at, function))
+    groups = tuple((index, window, last_n, tuple(outs)) for (index, window, last_n), outs in shared.items())
+    return Plan(columns, steps, groups)
 
 
 def _reduce(function: str, values: list[float]) -> float | int | None:
@@ -67,11 +79,12 @@ def _reduce(function: str, values: list[float]) -> float | int | None:
 def window_values(p: Plan, events: Sequence[Event], times: Sequence[int], end: int) -> list[Any]:
     """The view's values at the time of ``events[end - 1]``: ``events`` sorted by (ts, id), ``times`` their ts."""
     t = times[end - 1]
-    out: list[Any] = []
-    for index, function, window, last_n in p.steps:
+    out: list[Any] = [None] * len(p.steps)
+    for index, window, last_n, outs in p.groups:
         start = bisect_right(times, t - window, 0, end) if window is not None else max(0, end - (last_n or 0))
         present = [v for e in events[start:end] if (v := e.values[index]) is not None]
-        out.append(_reduce(function, present))
+        for at, function in outs:
+            out[at] = len(present) if function == "count" else _reduce(function, present)
     return out
 
 

@@ -50,6 +50,7 @@ def test_malformed_events_are_parked_with_a_reason_naming_the_field(tmp_path: Pa
             "field 'flagged' is missing",
         ),
         "future": ({**base, "event_id": "b7", "event_timestamp": "2099-01-01T00:00:00+00:00"}, "future:"),
+        "NUL in id": ({**base, "event_id": "b8\0x"}, "field 'event_id' holds a NUL character"),
     }
     source.publish([*good[:10], *(event for event, _ in bad.values()), *good[10:]])
     drain(ingestor)
