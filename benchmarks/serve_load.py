@@ -44,12 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import proc_cpu  # noqa: E402
 from ml_system.serving.loadgen import lua_script, read_report  # noqa: E402
-from ml_system.serving.local_cluster import ServeCluster, shipped_user_config  # noqa: E402
+from ml_system.serving.local_cluster import SHIPPED, ServeCluster, shipped_user_config  # noqa: E402
 
 CONNECTIONS = 32
 MIX_SIZE = 500
@@ -97,6 +99,17 @@ def _children_cpu() -> float:
 
 
 # ---- setups -------------------------------------------------------------------------------------
+def serve_config(caches: str, folder: Path) -> Path:
+    """The shipped Serve config, or a copy of it with the feature and prediction caches off."""
+    if caches == "shipped":
+        return SHIPPED
+    doc = yaml.safe_load(SHIPPED.read_text())
+    doc["applications"][0]["deployments"][0]["user_config"] |= {"feature_cache_ttl_s": 0, "prediction_cache_ttl_s": 0}
+    path = folder / "flight_delay_no_caches.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def wait_http(url: str, timeout_s: float = 120) -> None:
     import httpx
 
@@ -111,7 +124,7 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} did not become healthy")
 
 
-def start_bare(home: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_bare(home: str, workers: int, user_config: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
     from ml_system.serving.deploy import free_port
 
     port = free_port()
@@ -119,7 +132,7 @@ def start_bare(home: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
         **os.environ,
         "MLSYS_HOME": home,
         "PYTHONPATH": str(ROOT),
-        "BARE_USER_CONFIG": json.dumps(shipped_user_config()),
+        "BARE_USER_CONFIG": json.dumps(user_config),
     }
     cmd = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port), "--workers", str(workers),
            "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
@@ -139,9 +152,9 @@ def stop_bare(proc: subprocess.Popen[bytes]) -> None:
 
 
 def bare_round(
-    name: str, workers: int, home: str, scripts: dict[str, Path], warmup_s: int, duration_s: int
+    name: str, workers: int, home: str, scripts: dict[str, Path], warmup_s: int, duration_s: int, config: Path
 ) -> list[Run]:
-    proc, url = start_bare(home, workers)
+    proc, url = start_bare(home, workers, shipped_user_config(config))
     runs = []
     try:
         for mix, script in scripts.items():
@@ -154,9 +167,16 @@ def bare_round(
 
 
 def serve_round(
-    home: str, scripts: dict[str, Path], warmup_s: int, duration_s: int, settle_s: int, profile_dir: str | None = None
+    home: str,
+    scripts: dict[str, Path],
+    warmup_s: int,
+    duration_s: int,
+    settle_s: int,
+    config: Path,
+    profile_dir: str | None = None,
 ) -> list[Run]:
-    cluster = ServeCluster(home, extra_env={"MLSYS_SERVE_PROFILE_DIR": profile_dir} if profile_dir else None)
+    extra_env = {"MLSYS_SERVE_PROFILE_DIR": profile_dir} if profile_dir else None
+    cluster = ServeCluster(home, extra_env=extra_env, config=config)
     runs = []
     try:
         cluster.start()
@@ -322,6 +342,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print CPU ms per request by process")
     parser.add_argument("--setups", default="bare1,bareN,ml_system")
     parser.add_argument("--cprofile", metavar="DIR", help="cProfile replicas into DIR, print top functions")
+    parser.add_argument(
+        "--caches",
+        choices=["off", "shipped"],
+        default="off",
+        help="off (default): every request looks up its features and runs the model, in every setup; "
+        "shipped: the shipped 1 s feature and prediction caches, which answer nearly every request of a "
+        "500-flight mix from memory, so the run measures HTTP handling alone",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed (apt-get install wrk; scripts/setup.sh does it)")
@@ -333,20 +361,22 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     scripts = {name: lua_script(rows, tmp / f"{name}.lua") for name, rows in mixes(home).items()}
     chosen = args.setups.split(",")
+    config = serve_config(args.caches, tmp)
     runs: list[Run] = []
     for i in range(rounds):
         print(f"round {i + 1}/{rounds}", flush=True)
         if "bare1" in chosen:
-            runs += bare_round("bare1", 1, home, scripts, 5, duration)
+            runs += bare_round("bare1", 1, home, scripts, 5, duration, config)
         if "bareN" in chosen:
-            runs += bare_round("bareN", cores, home, scripts, 5, duration)
+            runs += bare_round("bareN", cores, home, scripts, 5, duration, config)
         if "ml_system" in chosen:
-            runs += serve_round(home, scripts, warmup, duration, settle, args.cprofile)
+            runs += serve_round(home, scripts, warmup, duration, settle, config, args.cprofile)
 
     mode = "quick" if args.quick else "full"
     print(f"\nserve_load ({mode}: {rounds} round(s), {duration} s runs, wrk -t1 -c{CONNECTIONS}, "
           f"medians; bare1: uvicorn --workers 1, bareN: --workers {cores}; ml_system: shipped config, warm = after "
-          f"{warmup} s of load from min_replicas, steady = after {warmup + duration + settle} s)")  # fmt: skip
+          f"{warmup} s of load from min_replicas, steady = after {warmup + duration + settle} s; "
+          f"caches {args.caches} in every setup)")  # fmt: skip
     print(f"{'setup':18s} {'mix':9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'replicas':>9s}")
     for setup, mix in sorted({(r.setup, r.mix) for r in runs}):
         errors = sum(r.errors for r in runs if (r.setup, r.mix) == (setup, mix))
@@ -381,6 +411,7 @@ def main() -> None:
     result["cpu_ms_per_req"] = f"{cpu_per_request(runs, 'ml_system steady', 'upcoming'):.3f}"
     result["cpu_ms_per_req_best_bare"] = f"{cpu_per_request(runs, result['best_bare'], 'upcoming'):.3f}"
     result["errors"] = str(sum(r.errors for r in runs))
+    result["caches"] = args.caches
     print("RESULT serve_load " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 

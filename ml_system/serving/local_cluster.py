@@ -38,8 +38,8 @@ def serve_document(home: str, port: int, config: Path = SHIPPED) -> dict[str, An
     return doc
 
 
-def shipped_user_config() -> dict[str, Any]:
-    return dict(yaml.safe_load(SHIPPED.read_text())["applications"][0]["deployments"][0]["user_config"])
+def shipped_user_config(config: Path = SHIPPED) -> dict[str, Any]:
+    return dict(yaml.safe_load(config.read_text())["applications"][0]["deployments"][0]["user_config"])
 
 
 class ServeCluster:
