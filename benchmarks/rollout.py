@@ -244,11 +244,12 @@ def main() -> None:
             time.sleep(steady_s)
             timeline.cut("(shadow off)")
 
-        before = httpx.get(f"{url}/info", timeout=30).json()["served_by"]
+        key = {"x-api-key": token}  # /info is behind the team key once the platform has team tokens
+        before = httpx.get(f"{url}/info", headers=key, timeout=30).json()["served_by"]
         deployment["user_config"]["max_batch_size"] = 32
         deploy_config(doc)
         deadline = time.monotonic() + 120
-        while (info := httpx.get(f"{url}/info", timeout=30).json())["max_batch_size"] != 32:
+        while (info := httpx.get(f"{url}/info", headers=key, timeout=30).json())["max_batch_size"] != 32:
             assert time.monotonic() < deadline, "the changed config never reached the replica"
             time.sleep(0.5)
         print(f"max_batch_size 64 -> 32 applied; replica restarted: {info['served_by'] != before}", flush=True)

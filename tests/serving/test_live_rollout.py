@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,10 +47,13 @@ def champion_restored(served_home: PlatformConfig) -> Iterator[str]:
 
 
 @pytest.fixture()
-def token(served_home: PlatformConfig) -> str:
+def token(served_home: PlatformConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A team token that the in-process rollout controller accepts, kept out of the served home's own token file:
+    the apps that other tests share stay without team tokens, so their ``/info`` stays open."""
     from ml_system.teams.groups import load_groups
     from ml_system.teams.identity import TokenStore
 
+    monkeypatch.setattr(served_home.teams, "state_dir", str(tmp_path / "teams"))
     return TokenStore(served_home.teams.state_dir).issue("delays", load_groups(served_home.teams.resource_groups))[1]
 
 
