@@ -35,7 +35,6 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.redis_server import redis_server
 from ml_system.features import Entity, FeatureView, Field
 from ml_system.features.definitions import DeltaSource
 from ml_system.features.online import OnlineStore
@@ -43,6 +42,7 @@ from ml_system.features.online.codec import LAYOUT_WIDTH
 from ml_system.features.online.redis import RedisOnlineStore
 from ml_system.features.online.sqlite import SqliteOnlineStore
 from ml_system.features.store import OnlineFeatureReader
+from ml_system.pipelines.local_redis import private_redis
 
 N_ENTITIES = 100_000
 N_FEATURES = 10
@@ -138,7 +138,7 @@ def main() -> None:
         conn.close()
         sqlite_store.close()
 
-        with redis_server(tmp) as url:
+        with private_redis() as url:
             redis_store = RedisOnlineStore(url)
             fill(redis_store)
             client = redis.Redis.from_url(url)

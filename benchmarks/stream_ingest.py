@@ -45,13 +45,13 @@ import redis
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import proc_cpu
-from benchmarks.redis_server import redis_server
 from ml_system.config import PlatformConfig, load_config
 from ml_system.config_streaming import StreamingConfig
 from ml_system.features import Entity, FeatureStore, Field
 from ml_system.features.streaming import group
 from ml_system.features.streaming.sources import StreamSource, open_stream_source
 from ml_system.features.streaming.views import Aggregation, EventSource, StreamFeatureView
+from ml_system.pipelines.local_redis import private_redis
 
 USER = Entity("user", ["user_id"])
 EVENTS = EventSource("clicks", [Field("amount", "float64")], table="click_events")
@@ -260,7 +260,7 @@ def main() -> None:
     backlog_n = args.backlog or (100_000 if args.quick else 400_000)
 
     home = tempfile.mkdtemp(prefix="mlsys-stream-bench-")
-    with redis_server(home) as url:
+    with private_redis() as url:
         config: PlatformConfig = load_config(
             environ={
                 "MLSYS_HOME": home,

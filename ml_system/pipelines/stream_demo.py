@@ -8,22 +8,16 @@ stops both afterwards. Without a ``redis-server`` on the PATH the step is skippe
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import redis
 
 from ml_system.config import PlatformConfig
 from ml_system.features.streaming import group
 from ml_system.features.streaming.sources import open_stream_source
-from ml_system.serving.deploy import free_port
+from ml_system.pipelines.local_redis import private_redis
 from ml_system.serving.settings import ScorerSettings
 from ml_system.usecase import StreamDemo
 
@@ -43,35 +37,6 @@ class BurstReport:
     events: int
     ingest_s: float
     note: str = ""
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """A throw-away redis-server on a free local port; yields its URL, stops it on exit."""
-    server = shutil.which("redis-server")
-    if server is None:
-        raise FileNotFoundError("redis-server is not on the PATH")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="mlsys-stream-") as workdir:
-        args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen([*args, "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            client = redis.Redis.from_url(url)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.exceptions.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            client.close()
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def with_broker(config: PlatformConfig, url: str) -> PlatformConfig:

@@ -27,7 +27,7 @@ from ml_system.usecase import load_usecase
 from ml_system.usecases.flights.demo import demo_flights, flights_from_frame
 from tests.serving.rollout_load import register_random
 from tests.serving.test_live_model import copy_of_champion
-from tests.serving.test_live_rollout import champion_restored, token  # noqa: F401 - fixtures
+from tests.serving.test_live_rollout import champion_restored, token, wait_until  # noqa: F401 - fixtures
 from tests.serving.test_reconfigure_and_autoscaling import document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,15 +35,6 @@ NAME = "flight_delay"
 APP = "zerodown"
 RATE = 60.0
 LIMITS = Thresholds(min_requests=20, max_error_rate=0.0, max_p99_ratio=None, max_psi=0.5)
-
-
-def wait_until(check: Any, seconds: float = 90, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Windows:

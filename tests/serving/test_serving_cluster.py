@@ -27,20 +27,11 @@ from ml_system.config import PlatformConfig
 from ml_system.serving.loadgen import lua_script, read_report
 from ml_system.serving.local_cluster import SHIPPED, ServeCluster
 from ml_system.serving.settings import SERVED_BY_HEADER
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPLICAS = 2
-
-
-def wait_until(what: str, check: Any, timeout_s: float = 120) -> None:
-    """Poll ``check`` until true; a generous deadline only turns a hang into a failure."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"not reached within {timeout_s} s: {what}")
 
 
 def served_by(url: str, rows: list[dict[str, Any]], tries: int = 60) -> set[str]:

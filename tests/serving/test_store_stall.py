@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,13 @@ from ml_system.pipelines import steps
 from ml_system.serving.deploy import deploy_config
 from ml_system.usecases.flights.demo import DEMO_CUTOFF
 from tests.conftest import make_config
+from tests.polling import wait_until
 from tests.serving.test_reconfigure_and_autoscaling import document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAME = "stall"
 HANG_S = 30.0  # a request still open after this long counts as hung
-
-
-def wait_until(what: str, check: Any, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"not reached within {timeout_s} s: {what}")
 
 
 def test_a_stalled_redis_gives_503_fails_the_health_check_and_recovers_by_itself(
