@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 from ml_system.config_streaming import StreamingConfig
@@ -25,9 +24,8 @@ from ml_system.features import snapshots
 from ml_system.features.online.base import OnlineStore
 from ml_system.features.streaming.decode import DecodedEvent, EventDecoder, EventError
 from ml_system.features.streaming.sources import StreamMessage, StreamSource
-from ml_system.features.streaming.state import DUPLICATE, LATE, EntityState, Item, ViewParams, WindowState, member
+from ml_system.features.streaming.state import DUPLICATE, LATE, EntityState, Item, ViewParams, WindowState
 from ml_system.features.streaming.views import StreamFeatureView
-from ml_system.features.streaming.windows import latest_values, plan
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +75,7 @@ class StreamIngestor:
         self.clock = clock
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.decoder = EventDecoder(views)
-        self.plans = [plan(v) for v in views]
-        self.params = [
-            ViewParams(
-                state.head(v.name),
-                _us(v.allowed_lateness),
-                max(_us(v.state_horizon), _us(v.allowed_lateness)),  # held events are what duplicates are found in
-                v.keep_last,
-                len(p.columns),
-            )
-            for v, p in zip(views, self.plans, strict=True)
-        ]
+        self.params = [ViewParams.of(state.head(v.name), v) for v in views]
         self.status = ConsumerStatus(name)
         self.freshness_ns: deque[int] = deque(maxlen=FRESHNESS_SAMPLES)
         self._stop = threading.Event()
@@ -165,9 +153,7 @@ class StreamIngestor:
         for n, (_, event) in enumerate(decoded):
             ts_us = event.ts // 1000
             for v in views:
-                items.append(
-                    Item(v, event.keys[v], event.event_id, ts_us, member(event.ts, event.values[v], event.event_id))
-                )
+                items.append(Item(v, event.keys[v], event.event_id, ts_us, event.values[v]))
                 owners.append(n)
         statuses, states = self.state.apply(self.params, items)
         late_of: dict[int, str] = {}
@@ -201,11 +187,9 @@ class StreamIngestor:
         """Each touched entity's values at its newest event, into every namespace a reader may switch to."""
         rows: dict[str, list[tuple[str, int, int, list[Any]]]] = {}
         for entity in states:
-            if not entity.events:
-                continue
-            view, p = self.views[entity.view], self.plans[entity.view]
-            newest, values = latest_values(p, entity.events)
-            rows.setdefault(view.name, []).append((entity.key, newest, entity.stamp, values))
+            rows.setdefault(self.views[entity.view].name, []).append(
+                (entity.key, entity.newest, entity.stamp, entity.values)
+            )
         if not rows:
             return
         targets = snapshots.write_targets(self.online)
@@ -218,7 +202,3 @@ class StreamIngestor:
 
     def snapshot_status(self) -> dict[str, Any]:
         return asdict(self.status)
-
-
-def _us(delta: timedelta) -> int:
-    return delta // timedelta(microseconds=1)
