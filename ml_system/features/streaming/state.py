@@ -352,6 +352,8 @@ class WindowState:
             params = views[view - 1]
             assert params.plan is not None
             state = msgpack.unpackb(packed, raw=False)
+            if len(state) <= 3:  # holds no event (state carried over empty from an earlier layout)
+                continue
             values = latest_values(params.plan, state, params.width + 2)
             states.append(
                 EntityState(
