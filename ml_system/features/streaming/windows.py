@@ -1,7 +1,10 @@
-"""The one aggregation both paths run: offline over an entity's history, online over its recent events.
+"""The aggregation both paths run: offline over an entity's history, online over its recent events.
 
-Training and serving call ``window_values`` on the same sorted events, so a feature cannot mean
-one thing in a training set and another at serving time. Sums are ``math.fsum`` (exactly rounded,
+Training calls ``window_values`` over an entity's sorted events; the stream's consumers call
+``latest_values`` over the same events as the window state holds them (columns of one list),
+with the same windows, order, reductions and ``_reduce``, so a feature cannot mean one thing in
+a training set and another at serving time; ``test_state_layout.py`` holds the two equal bit for
+bit over random histories. Sums are ``math.fsum`` (exactly rounded,
 whatever the order the events were added in), so an out-of-order arrival gives the bit-identical
 value that the sorted history gives; pandas' rolling sums drift in the last bits with the order.
 Missing values (empty, NaN) are skipped: ``count`` counts present values, ``mean``/``max``/``min``
