@@ -101,12 +101,17 @@ class Producer:
         start = time.monotonic()
         first = self.sent
         fired = False
+        tick = start
         while (elapsed := time.monotonic() - start) < seconds:
-            due = int(rate * elapsed) - (self.sent - first)
+            # one send per 10 ms tick, of what is due by then (210 events at 21,000/s); sending again as
+            # soon as a send returned sent a dozen events at a time, at three times the CPU per event
+            wait = tick - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            tick += 0.01
+            due = int(rate * (time.monotonic() - start)) - (self.sent - first)
             if due > 0:
                 self.source.publish(self._batch(min(due, 2000)))
-            else:  # 10 ms between sends: 200 events per XADD batch at 20,000/s
-                time.sleep(0.01)
             if at_half is not None and not fired and elapsed >= seconds / 2:
                 at_half()  # type: ignore[operator]
                 fired = True
