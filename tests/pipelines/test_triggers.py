@@ -71,7 +71,10 @@ def test_drifted_predictions_trigger_a_retraining_and_stable_ones_do_not(tiny_ru
     assert dropped.drifted and "auc dropped" in dropped.reason and dropped.metric_now < 0.5
 
     scheduler = Scheduler(config, owner="test")
-    scheduler.tick(now - timedelta(minutes=11))  # first sight
+    # first sight just before the last 10-minute slot, so exactly one slot is due at ``now`` (first
+    # sight 11 minutes back straddled two slots one time in ten, and the older one was skipped)
+    slot = now.replace(minute=now.minute - now.minute % 10, second=0, microsecond=0)
+    scheduler.tick(slot - timedelta(minutes=1))
     events = scheduler.tick(now)
     assert len(events) == 1 and events[0]["status"] == "succeeded", events
     assert events[0]["drift"]["drifted"] and events[0]["run_id"].endswith("-drift")
