@@ -249,11 +249,14 @@ class ViewParams(NamedTuple):
     hold_us: int
     """How far behind an entity's newest event its events are kept: the longest window or the lateness."""
     keep_last: int
-    width: int
-    """How many values a stored event of the view holds."""
-    plan: Plan | None = None
-    kinds: tuple[type, ...] = ()
+    plan: Plan
+    kinds: tuple[type, ...]
     """Per aggregation: ``int`` or ``float`` (msgpack from Lua sends the float 2.0 as the integer 2)."""
+
+    @property
+    def width(self) -> int:
+        """How many values a stored event of the view holds."""
+        return len(self.plan.columns)
 
     @property
     def slack_us(self) -> int:
@@ -268,7 +271,6 @@ class ViewParams(NamedTuple):
             _us(view.allowed_lateness),
             max(_us(view.state_horizon), _us(view.allowed_lateness)),  # held events are what duplicates are found in
             view.keep_last,
-            len(p.columns),
             p,
             tuple(int if a.dtype == "int64" else float for a in view.aggregations),
         )
@@ -350,10 +352,7 @@ class WindowState:
         states = []
         for (view, key, stamp), packed in zip(touched or (), held, strict=True):
             params = views[view - 1]
-            assert params.plan is not None
             state = msgpack.unpackb(packed, raw=False)
-            if len(state) <= 3:  # holds no event (state carried over empty from an earlier layout)
-                continue
             values = latest_values(params.plan, state, params.width + 2)
             states.append(
                 EntityState(
